@@ -1,0 +1,371 @@
+"""Catalogue store: product metadata in SQLite, normalised images beside it.
+
+Layout under ``SHOPLENS_HOME/catalogs/NAME/``::
+
+    catalog.sqlite          products, ingests, meta (WAL mode)
+    images/ab/abcdef...png  content-addressed normalised images (sha256 of the bytes)
+    indexes/                embeddings and ANN indexes (see shoplens.index.store)
+    rejects/                one JSONL file per ingest with the rows that were refused
+
+Every product keeps a stable integer ``id`` (the SQLite rowid, kept across upserts), which
+is also its label in vector indexes. A write is one transaction: readers see the old
+catalogue or the new one, never half of an ingest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoplens.config import check_name, shoplens_home
+from shoplens.errors import InvalidInputError, NotFoundError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS products (
+    id INTEGER PRIMARY KEY,
+    sku TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    category TEXT NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    image_key TEXT NOT NULL,
+    image_source TEXT NOT NULL DEFAULT '',
+    phash TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL DEFAULT 0,
+    height INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS products_category ON products(category);
+CREATE TABLE IF NOT EXISTS ingests (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    added INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    unchanged INTEGER NOT NULL,
+    rejected INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """A product ready to be stored (its image already normalised and written)."""
+
+    sku: str
+    title: str
+    category: str
+    image_key: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    image_source: str = ""
+    phash: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class Product:
+    """A stored product."""
+
+    id: int
+    sku: str
+    title: str
+    category: str
+    attributes: dict[str, str]
+    image_key: str
+    image_source: str
+    phash: str
+    width: int
+    height: int
+
+    @property
+    def text(self) -> str:
+        """Searchable product text: title, category and attribute values."""
+        attrs = " ".join(f"{k} {v}" for k, v in sorted(self.attributes.items()) if k != "split")
+        return " ".join(p for p in (self.title, self.category, attrs) if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sku": self.sku,
+            "title": self.title,
+            "category": self.category,
+            "attributes": dict(self.attributes),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def catalogs_root() -> Path:
+    return shoplens_home() / "catalogs"
+
+
+def list_catalogs() -> list[str]:
+    root = catalogs_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "catalog.sqlite").is_file())
+
+
+def _row_to_product(row: sqlite3.Row) -> Product:
+    return Product(
+        id=row["id"],
+        sku=row["sku"],
+        title=row["title"],
+        category=row["category"],
+        attributes=json.loads(row["attributes"]),
+        image_key=row["image_key"],
+        image_source=row["image_source"],
+        phash=row["phash"],
+        width=row["width"],
+        height=row["height"],
+    )
+
+
+class Catalog:
+    """One named catalogue. Thread-safe; open with :meth:`open` or :meth:`create`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.name = root.name
+        self.db_path = root / "catalog.sqlite"
+        self.images_dir = root / "images"
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30.0)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+
+    # ---- opening -------------------------------------------------------------------
+    @classmethod
+    def open(cls, name: str) -> Catalog:
+        """Open an existing catalogue (NotFoundError lists the ones that exist)."""
+        root = catalogs_root() / check_name(name)
+        if not (root / "catalog.sqlite").is_file():
+            known = ", ".join(list_catalogs()) or "none yet; run 'shoplens ingest'"
+            raise NotFoundError(f"unknown catalogue {name!r} (known: {known})")
+        return cls(root)
+
+    @classmethod
+    def create(cls, name: str) -> Catalog:
+        """Open a catalogue, creating an empty one if needed."""
+        root = catalogs_root() / check_name(name)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- images ----------------------------------------------------------------------
+    def image_path(self, image_key: str) -> Path:
+        return self.images_dir / image_key[:2] / image_key
+
+    def put_image(self, data: bytes, sha256: str, ext: str) -> str:
+        """Write image bytes under their content hash (atomic, idempotent); return the key."""
+        key = f"{sha256}.{ext}"
+        path = self.image_path(key)
+        if path.exists():
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return key
+
+    def load_image(self, product: Product) -> Any:
+        """The stored image of a product as an RGB PIL image."""
+        from PIL import Image
+
+        with Image.open(self.image_path(product.image_key)) as im:
+            return im.convert("RGB")
+
+    # ---- writes ----------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: everything inside commits together or not at all."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.rollback()
+                raise
+            else:
+                self._conn.commit()
+
+    @staticmethod
+    def upsert_in(conn: sqlite3.Connection, records: Iterable[ProductRecord]) -> UpsertCounts:
+        """Insert or update products by sku inside an open transaction."""
+        added = updated = unchanged = 0
+        now = time.time()
+        for r in records:
+            attrs = json.dumps(r.attributes, sort_keys=True, ensure_ascii=False)
+            old = conn.execute(
+                "SELECT title, category, attributes, image_key, image_source FROM products "
+                "WHERE sku = ?",
+                (r.sku,),
+            ).fetchone()
+            if old is None:
+                conn.execute(
+                    "INSERT INTO products (sku, title, category, attributes, image_key, "
+                    "image_source, phash, width, height, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.sku, r.title, r.category, attrs, r.image_key, r.image_source, r.phash,
+                     r.width, r.height, now, now),
+                )
+                added += 1
+            elif tuple(old) == (r.title, r.category, attrs, r.image_key, r.image_source):
+                unchanged += 1
+            else:
+                conn.execute(
+                    "UPDATE products SET title=?, category=?, attributes=?, image_key=?, "
+                    "image_source=?, phash=?, width=?, height=?, updated_at=? WHERE sku=?",
+                    (r.title, r.category, attrs, r.image_key, r.image_source, r.phash,
+                     r.width, r.height, now, r.sku),
+                )
+                updated += 1
+        return UpsertCounts(added, updated, unchanged)
+
+    def upsert(self, records: Iterable[ProductRecord]) -> UpsertCounts:
+        """Insert or update products by sku, atomically."""
+        with self.transaction() as conn:
+            return self.upsert_in(conn, records)
+
+    def record_ingest(
+        self, conn: sqlite3.Connection, source: str, started: float, counts: UpsertCounts,
+        rejected: int,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO ingests (source, started_at, finished_at, added, updated, unchanged, "
+            "rejected) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (source, started, time.time(), counts.added, counts.updated, counts.unchanged,
+             rejected),
+        )
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('version', ?) ON CONFLICT(key) DO UPDATE "
+            "SET value = excluded.value",
+            (str(time.time_ns()),),
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                "SET value = excluded.value",
+                (key, value),
+            )
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    # ---- reads -----------------------------------------------------------------------
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM products").fetchone()[0])
+
+    def get(self, sku: str) -> Product:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"unknown sku {sku!r} in catalogue {self.name!r}")
+        return _row_to_product(row)
+
+    def get_by_ids(self, ids: Sequence[int]) -> dict[int, Product]:
+        """Products by internal id (missing ids are left out)."""
+        out: dict[int, Product] = {}
+        ids = [int(i) for i in ids]
+        with self._lock:
+            for start in range(0, len(ids), 900):
+                chunk = ids[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                for row in self._conn.execute(
+                    f"SELECT * FROM products WHERE id IN ({marks})", chunk
+                ):
+                    out[row["id"]] = _row_to_product(row)
+        return out
+
+    def iter_products(self, batch_size: int = 2000) -> Iterator[Product]:
+        """All products in id order, fetched in batches."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT * FROM products WHERE id > ? ORDER BY id LIMIT ?", (last, batch_size)
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _row_to_product(row)
+            last = rows[-1]["id"]
+
+    def categories(self) -> dict[str, int]:
+        """Category name -> product count."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT category, COUNT(*) FROM products GROUP BY category ORDER BY category"
+            ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def filter_ids(
+        self, categories: Sequence[str] | None = None, attributes: dict[str, str] | None = None
+    ) -> list[int] | None:
+        """Ids matching all filters (None when there is no filter)."""
+        if not categories and not attributes:
+            return None
+        clauses: list[str] = []
+        params: list[Any] = []
+        if categories:
+            clauses.append(f"category IN ({','.join('?' * len(categories))})")
+            params.extend(categories)
+        for key, value in (attributes or {}).items():
+            if not key.replace("_", "").replace("-", "").replace(" ", "").isalnum():
+                raise InvalidInputError(f"invalid attribute name {key!r}")
+            clauses.append("json_extract(attributes, ?) = ?")
+            params.extend([f'$."{key}"', value])
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id FROM products WHERE {' AND '.join(clauses)}", params
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def version(self) -> str:
+        """Changes whenever an ingest commits (used to detect stale indexes)."""
+        return self.get_meta("version", "0") or "0"
+
+    def delete(self) -> None:
+        """Remove the whole catalogue folder."""
+        self.close()
+        shutil.rmtree(self.root)

@@ -1,0 +1,1 @@
+"""Catalogue sources, manifests, safe image loading and datasets."""

@@ -1,0 +1,72 @@
+"""The index protocol: ``add(ids, vectors)``, ``search(vectors, k)``, ``save``, ``load``.
+
+Scores are inner products (cosine for L2-normalised vectors), higher is better. Results
+are padded with id -1 and score -inf when fewer than k vectors qualify.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from shoplens.errors import InvalidInputError
+
+HNSW_THRESHOLD = 100_000  # catalogues at least this large default to HNSW
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    dim: int
+
+    @property
+    def ntotal(self) -> int: ...
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """ids: (N,) int64, vectors: (N, dim) float32."""
+
+    def search(
+        self, vectors: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """vectors: (Q, dim) -> scores (Q, k) float32, ids (Q, k) int64."""
+        ...
+
+    def save(self, path: Path) -> None: ...
+
+
+def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Validate (N, dim) vectors and return them as contiguous float32."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise InvalidInputError(f"expected vectors of shape (N, {dim}), got {v.shape}")
+    if not np.isfinite(v).all():
+        raise InvalidInputError("vectors contain NaN or infinite values")
+    return np.ascontiguousarray(v)
+
+
+def default_factory(n: int) -> str:
+    """Exact search for small catalogues, HNSW above :data:`HNSW_THRESHOLD`."""
+    return "Flat" if n < HNSW_THRESHOLD else "HNSW32"
+
+
+def make_index(dim: int, factory: str = "Flat") -> VectorIndex:
+    """``"exact"`` for the numpy reference, anything else is a FAISS factory string."""
+    from shoplens.index.exact import ExactIndex
+    from shoplens.index.faiss_index import FaissIndex
+
+    if factory == "exact":
+        return ExactIndex(dim)
+    return FaissIndex(dim, factory)
+
+
+def load_index(path: Path) -> VectorIndex:
+    """Load an index saved by ``save`` (its kind is in ``index.json``)."""
+    from shoplens.index.exact import ExactIndex
+    from shoplens.index.faiss_index import FaissIndex
+
+    meta = json.loads((path / "index.json").read_text())
+    if meta["kind"] == "exact":
+        return ExactIndex.load(path)
+    return FaissIndex.load(path)

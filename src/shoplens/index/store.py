@@ -1,0 +1,223 @@
+"""Index builds per catalogue and encoder, swapped in atomically.
+
+Layout under ``catalogs/NAME/indexes/<slug>/``::
+
+    builds/<build-id>/meta.json        encoder, factory, count, catalogue version, time
+    builds/<build-id>/ids.npy          (N,) int64 product ids
+    builds/<build-id>/keys.json        (N,) cache keys (image content hash or text hash)
+    builds/<build-id>/embeddings.npy   (N, D) float32, L2-normalised
+    builds/<build-id>/index/           the vector index (FAISS or exact)
+    current -> builds/<build-id>       symlink, replaced atomically by os.replace
+
+A build is written completely (and fsynced) before ``current`` points at it, so a reader
+never sees a half-built index. Rebuilding reuses embeddings whose key is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoplens.catalog.store import Catalog, Product
+from shoplens.errors import NotReadyError
+from shoplens.index.base import VectorIndex, default_factory, load_index, make_index
+
+KEEP_BUILDS = 2
+
+
+def slug(spec: str) -> str:
+    """Folder-safe name for an encoder spec (readable part + short hash when altered)."""
+    safe = re.sub(r"[^A-Za-z0-9@._-]+", "_", spec)[:60]
+    if safe == spec:
+        return safe
+    return f"{safe}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class IndexBuild:
+    """A loaded build: ids, cache keys, embeddings and the searchable index."""
+
+    path: Path
+    meta: dict[str, Any]
+    ids: np.ndarray  # (N,) int64
+    keys: list[str]
+    embeddings: np.ndarray  # (N, D) float32
+    index: VectorIndex
+
+    @property
+    def encoder(self) -> str:
+        return str(self.meta["encoder"])
+
+    def vectors_for(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored embeddings of the given product ids. Returns (len(ids), D)."""
+        pos = {int(i): n for n, i in enumerate(self.ids)}
+        missing = [i for i in ids if int(i) not in pos]
+        if missing:
+            raise NotReadyError(
+                f"products {missing[:3]} are not in the index; run 'shoplens index build'"
+            )
+        return self.embeddings[[pos[int(i)] for i in ids]]
+
+
+def index_root(catalog: Catalog, name: str) -> Path:
+    return catalog.root / "indexes" / slug(name)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    with path.open("wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_build(catalog: Catalog, name: str) -> IndexBuild:
+    """Load the current build of index ``name`` (an encoder spec or ``text-...``)."""
+    current = index_root(catalog, name) / "current"
+    if not current.exists():
+        raise NotReadyError(
+            f"no index for encoder {name!r} in catalogue {catalog.name!r}; run "
+            f"'shoplens index build --catalog {catalog.name} --encoder {name}'"
+        )
+    path = current.resolve()
+    meta = json.loads((path / "meta.json").read_text())
+    return IndexBuild(
+        path=path,
+        meta=meta,
+        ids=np.load(path / "ids.npy"),
+        keys=json.loads((path / "keys.json").read_text()),
+        embeddings=np.load(path / "embeddings.npy", mmap_mode="r"),
+        index=load_index(path / "index"),
+    )
+
+
+def list_builds(catalog: Catalog) -> list[dict[str, Any]]:
+    """Metadata of every current build in the catalogue."""
+    out = []
+    root = catalog.root / "indexes"
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if (d / "current").exists():
+            out.append(json.loads(((d / "current").resolve() / "meta.json").read_text()))
+    return out
+
+
+def _previous_cache(catalog: Catalog, name: str) -> dict[str, np.ndarray]:
+    try:
+        old = load_build(catalog, name)
+    except (NotReadyError, OSError, ValueError):
+        return {}
+    return {k: old.embeddings[i] for i, k in enumerate(old.keys)}
+
+
+def write_build(
+    catalog: Catalog,
+    name: str,
+    *,
+    ids: np.ndarray,
+    keys: list[str],
+    embeddings: np.ndarray,
+    factory: str | None,
+    extra_meta: dict[str, Any],
+    extra_writer: Callable[[Path], None] | None = None,
+) -> IndexBuild:
+    """Write a complete build, then point ``current`` at it atomically."""
+    root = index_root(catalog, name)
+    builds = root / "builds"
+    builds.mkdir(parents=True, exist_ok=True)
+    build_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**6:06d}"
+    tmp = builds / f".tmp-{build_id}"
+    tmp.mkdir()
+    try:
+        dim = int(embeddings.shape[1])
+        factory = factory or default_factory(len(ids))
+        index = make_index(dim, factory)
+        if len(ids):
+            index.add(ids, embeddings)
+        index.save(tmp / "index")
+        _write_npy(tmp / "ids.npy", ids.astype(np.int64))
+        _write_npy(tmp / "embeddings.npy", embeddings.astype(np.float32))
+        (tmp / "keys.json").write_text(json.dumps(keys))
+        if extra_writer is not None:
+            extra_writer(tmp)
+        meta = {
+            "name": name,
+            "catalog": catalog.name,
+            "catalog_version": catalog.version(),
+            "factory": factory,
+            "dim": dim,
+            "count": len(ids),
+            "built_at": time.time(),
+            **extra_meta,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+        final = builds / build_id
+        os.rename(tmp, final)
+        link_tmp = root / f".current-{build_id}"
+        os.symlink(Path("builds") / build_id, link_tmp)
+        os.replace(link_tmp, root / "current")
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _prune(builds, keep=final.name)
+    return load_build(catalog, name)
+
+
+def _prune(builds: Path, keep: str) -> None:
+    """Delete all but the newest KEEP_BUILDS builds (never the current one)."""
+    done = sorted((d for d in builds.iterdir() if not d.name.startswith(".")), key=lambda d: d.name)
+    for d in done[:-KEEP_BUILDS]:
+        if d.name != keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def embed_products(
+    products: list[Product],
+    keys: list[str],
+    encode: Callable[[list[Product]], np.ndarray],
+    cache: dict[str, np.ndarray],
+    *,
+    batch_size: int,
+    advance: Callable[[int], None],
+) -> np.ndarray:
+    """Embed products in batches, reusing cached vectors by key. Returns (N, D)."""
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    # deduplicate identical keys (same image / same text) inside the work list
+    first: dict[str, int] = {}
+    unique = [i for i in todo if first.setdefault(keys[i], i) == i]
+    fresh: dict[str, np.ndarray] = {}
+    advance(len(products) - len(unique))
+    for start in range(0, len(unique), batch_size):
+        batch = unique[start : start + batch_size]
+        vecs = encode([products[i] for i in batch])
+        for i, v in zip(batch, vecs, strict=True):
+            fresh[keys[i]] = v
+        advance(len(batch))
+    if not products:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([fresh[k] if k in fresh else cache[k] for k in keys]).astype(np.float32)

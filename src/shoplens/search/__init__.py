@@ -1,0 +1,1 @@
+"""Query encoding, fusion, filters and near-duplicate detection."""

@@ -1,0 +1,201 @@
+"""Search a catalogue by image, text, sku ("similar") or image + text, with filters.
+
+Text search works on any catalogue: BM25 over the product text fused (reciprocal rank
+fusion) with dense text embeddings of the product text, plus text-to-image similarity when
+the image encoder is a vision-language model. Results that share an identical image are
+collapsed (``dedupe=True``) so exact duplicate products don't fill a page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from PIL import Image
+
+from shoplens.catalog.store import Catalog, Product
+from shoplens.errors import InvalidInputError, NotReadyError
+from shoplens.index.build import default_image_encoder, default_text_encoder, text_index_name
+from shoplens.index.store import IndexBuild, load_build
+from shoplens.registry import get_encoder
+from shoplens.search.fusion import rrf
+from shoplens.search.text import Bm25
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass
+class Filters:
+    """Restrict results to categories and exact attribute values."""
+
+    categories: list[str] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.categories or self.attributes)
+
+
+@dataclass
+class Hit:
+    sku: str
+    score: float
+    title: str
+    category: str
+    attributes: dict[str, str]
+    image_url: str
+    image_path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sku": self.sku, "score": round(float(self.score), 6), "title": self.title,
+            "category": self.category, "attributes": self.attributes,
+            "image_url": self.image_url,
+        }
+
+
+def check_k(k: int) -> int:
+    if not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k!r}")
+    return k
+
+
+class SearchEngine:
+    """Loaded indexes of one catalogue; thread-safe for concurrent searches."""
+
+    def __init__(self, catalog: Catalog, encoder: str | None = None,
+                 text_encoder: str | None = None) -> None:
+        self.catalog = catalog
+        self.image_build: IndexBuild = load_build(catalog, encoder or default_image_encoder(catalog))
+        self.encoder = get_encoder(self.image_build.encoder)
+        self.text_build: IndexBuild | None
+        self.bm25: Bm25 | None
+        text_encoder = text_encoder or default_text_encoder(catalog)
+        try:
+            self.text_build = load_build(catalog, text_index_name(text_encoder))
+            self.bm25 = Bm25.load(self.text_build.path / "bm25", self.text_build.ids)
+            self.text_encoder = get_encoder(text_encoder)
+        except NotReadyError:
+            self.text_build, self.bm25 = None, None
+
+    @classmethod
+    def open(cls, name: str, encoder: str | None = None) -> SearchEngine:
+        return cls(Catalog.open(name), encoder)
+
+    @property
+    def stale(self) -> bool:
+        """True when the catalogue changed after the image index was built."""
+        return self.image_build.meta.get("catalog_version") != self.catalog.version()
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
+        if not filters:
+            return None
+        ids = self.catalog.filter_ids(filters.categories, filters.attributes)
+        return None if ids is None else np.asarray(ids, dtype=np.int64)
+
+    def _hits(self, ranked: list[tuple[int, float]], k: int, dedupe: bool,
+              exclude: set[int] | None = None) -> list[Hit]:
+        products = self.catalog.get_by_ids([i for i, _ in ranked])
+        hits: list[Hit] = []
+        seen_images: set[str] = set()
+        for pid, score in ranked:
+            p: Product | None = products.get(pid)
+            if p is None or (exclude and pid in exclude):
+                continue
+            if dedupe and p.image_key in seen_images:
+                continue
+            seen_images.add(p.image_key)
+            hits.append(Hit(
+                sku=p.sku, score=score, title=p.title, category=p.category,
+                attributes=p.attributes, image_url=f"/v1/products/{quote(p.sku, safe='')}/image",
+                image_path=str(self.catalog.image_path(p.image_key)),
+            ))
+            if len(hits) == k:
+                break
+        return hits
+
+    def _vector_ranked(self, build: IndexBuild, q: np.ndarray, n: int,
+                       allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        if allowed is not None and allowed.size == 0:
+            return []
+        scores, ids = build.index.search(q, n, allowed)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    # ---- queries ---------------------------------------------------------------------
+    def image_ranking(self, image: Image.Image, n: int, filters: Filters | None = None
+                      ) -> list[tuple[int, float]]:
+        q = self.encoder.encode_images([image])  # (1, D)
+        return self._vector_ranked(self.image_build, q, n, self._allowed(filters))
+
+    def text_rankings(self, text: str, n: int, filters: Filters | None = None
+                      ) -> list[list[tuple[int, float]]]:
+        """One ranking per available text signal (BM25, dense text, text-to-image)."""
+        allowed = self._allowed(filters)
+        lists: list[list[tuple[int, float]]] = []
+        if self.bm25 is not None and self.text_build is not None:
+            lists.append(self.bm25.search(text, n, allowed))
+            q = self.text_encoder.encode_texts([text])
+            lists.append(self._vector_ranked(self.text_build, q, n, allowed))
+        if self.encoder.shared_space:
+            q = self.encoder.encode_texts([text])
+            lists.append(self._vector_ranked(self.image_build, q, n, allowed))
+        if not lists:
+            raise NotReadyError(
+                f"catalogue {self.catalog.name!r} has no text index; run 'shoplens index "
+                f"build --catalog {self.catalog.name}' (without --no-text)"
+            )
+        return lists
+
+    def search(
+        self,
+        *,
+        image: Image.Image | None = None,
+        text: str | None = None,
+        sku: str | None = None,
+        k: int = 10,
+        filters: Filters | None = None,
+        dedupe: bool = True,
+        text_weight: float = 1.0,
+        image_weight: float = 1.0,
+    ) -> list[Hit]:
+        """Search by one of image / text / sku, or image and text together (fused)."""
+        check_k(k)
+        if text is not None:
+            text = text.strip()
+            if not text:
+                raise InvalidInputError("text query is empty")
+            if len(text) > MAX_QUERY_CHARS:
+                raise InvalidInputError(f"text query is longer than {MAX_QUERY_CHARS} characters")
+        if sku is not None and (image is not None or text is not None):
+            raise InvalidInputError("give either a sku, or an image and/or text, not both")
+        if sku is None and image is None and text is None:
+            raise InvalidInputError("give a query: an image, a text or a sku")
+        if not 0 <= text_weight <= 10 or not 0 <= image_weight <= 10:
+            raise InvalidInputError("weights must be between 0 and 10")
+        n = max(100, 3 * k)
+        if sku is not None:
+            return self.similar(sku, k=k, filters=filters, dedupe=dedupe)
+        lists: list[list[tuple[int, float]]] = []
+        weights: list[float] = []
+        if image is not None:
+            lists.append(self.image_ranking(image, n, filters))
+            weights.append(image_weight)
+        if text is not None:
+            tl = self.text_rankings(text, n, filters)
+            lists.extend(tl)
+            weights.extend([text_weight / len(tl)] * len(tl) if image is not None else [1.0] * len(tl))
+        ranked = lists[0] if len(lists) == 1 else rrf(lists, weights)
+        return self._hits(ranked, k, dedupe)
+
+    def similar(self, sku: str, k: int = 10, filters: Filters | None = None,
+                dedupe: bool = True) -> list[Hit]:
+        """Products that look like ``sku`` (the product itself is left out)."""
+        check_k(k)
+        product = self.catalog.get(sku)
+        q = self.image_build.vectors_for([product.id])  # (1, D)
+        ranked = self._vector_ranked(self.image_build, np.asarray(q), max(100, 3 * k + 1),
+                                     self._allowed(filters))
+        return self._hits(ranked, k, dedupe, exclude={product.id})

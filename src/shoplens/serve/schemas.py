@@ -1,0 +1,53 @@
+"""Request and response models of the HTTP API (v1)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SearchRequest(BaseModel):
+    """JSON search: exactly one of ``text`` or ``sku`` (images go as multipart ``image``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=1000, examples=["ankle boot"])
+    sku: str | None = Field(None, max_length=128, examples=["fm-test-00000"])
+    k: int = Field(10, ge=1, le=1000)
+    categories: list[str] = Field(default_factory=list, max_length=50)
+    attributes: dict[str, str] = Field(default_factory=dict)
+    dedupe: bool = True
+
+
+class HitOut(BaseModel):
+    sku: str
+    score: float
+    title: str
+    category: str
+    attributes: dict[str, str]
+    image_url: str
+
+
+class SearchResponse(BaseModel):
+    query: dict[str, object]
+    count: int
+    results: list[HitOut]
+    stale_index: bool = False
+
+
+class ProductOut(BaseModel):
+    sku: str
+    title: str
+    category: str
+    attributes: dict[str, str]
+    width: int
+    height: int
+    image_url: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
