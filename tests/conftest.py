@@ -58,14 +58,16 @@ def write_catalog(folder: Path, per_category: int = PER_CATEGORY) -> Path:
             sku = f"SKU-{c_idx}{i:02d}"
             path = folder / "img" / f"{sku}.png"
             make_product_image(category, seed=100 * c_idx + i).save(path)
-            rows.append({
-                "sku": sku,
-                "title": f"{category} product number {i}",
-                "category": category,
-                "image": f"img/{sku}.png",
-                "color": category.split()[0].lower(),
-                "size": "large" if i % 2 else "small",
-            })
+            rows.append(
+                {
+                    "sku": sku,
+                    "title": f"{category} product number {i}",
+                    "category": category,
+                    "image": f"img/{sku}.png",
+                    "color": category.split()[0].lower(),
+                    "size": "large" if i % 2 else "small",
+                }
+            )
     manifest = folder / "catalog.csv"
     with manifest.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -17,8 +17,11 @@ from shoplens import progress
 from shoplens.errors import InvalidInputError, ShoplensError
 
 app = typer.Typer(
-    name="shoplens", help="Visual and text search over a retail catalogue.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    name="shoplens",
+    help="Visual and text search over a retail catalogue.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
 index_app = typer.Typer(help="Build and list vector indexes.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -27,8 +30,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 CatalogOpt = Annotated[str, typer.Option("--catalog", "-c", help="Catalogue name.")]
 EncoderOpt = Annotated[
     str | None,
-    typer.Option("--encoder", "-e", help="Image encoder spec, e.g. effnet-lite0, "
-                 "effnet-lite0@96, open_clip:ARCH:PATH, hf-clip:PATH, timm:NAME:PATH."),
+    typer.Option(
+        "--encoder",
+        "-e",
+        help="Image encoder spec, e.g. effnet-lite0, "
+        "effnet-lite0@96, open_clip:ARCH:PATH, hf-clip:PATH, timm:NAME:PATH.",
+    ),
 ]
 
 
@@ -55,17 +62,24 @@ def _parse_attrs(values: list[str] | None) -> dict[str, str]:
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="CSV/JSONL/JSON manifest, a folder of images "
-                                          "(sub-folder = category), or 'fashion-mnist'.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="CSV/JSONL/JSON manifest, a folder of images "
+            "(sub-folder = category), or 'fashion-mnist'."
+        ),
+    ],
     name: Annotated[str | None, typer.Option("--name", "-n", help="Catalogue name.")] = None,
     strict: Annotated[bool, typer.Option(help="Fail the whole file on any bad row.")] = False,
-    allow_outside_root: Annotated[bool, typer.Option(
-        help="Allow image paths outside the manifest's folder.")] = False,
+    allow_outside_root: Annotated[
+        bool, typer.Option(help="Allow image paths outside the manifest's folder.")
+    ] = False,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Parallel downloads.")] = 8,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per image download.")] = 10.0,
     retries: Annotated[int, typer.Option(min=0, max=10)] = 2,
-    limit: Annotated[int | None, typer.Option(
-        help="fashion-mnist only: first N products of each split.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="fashion-mnist only: first N products of each split.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest a catalogue (idempotent: products are upserted by sku)."""
@@ -77,11 +91,20 @@ def ingest(
     else:
         if name is None:
             raise InvalidInputError("--name is required for a manifest or folder")
-        report = ingest_manifest(source, name, strict=strict, allow_outside_root=allow_outside_root,
-                                 concurrency=concurrency, timeout=timeout, retries=retries)
-    lines = [f"catalogue {report.catalog}: {report.added} added, {report.updated} updated, "
-             f"{report.unchanged} unchanged, {len(report.rejected)} rejected "
-             f"({report.total} products, {report.seconds:.1f}s)"]
+        report = ingest_manifest(
+            source,
+            name,
+            strict=strict,
+            allow_outside_root=allow_outside_root,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+        )
+    lines = [
+        f"catalogue {report.catalog}: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {len(report.rejected)} rejected "
+        f"({report.total} products, {report.seconds:.1f}s)"
+    ]
     lines += [f"  line {e.line}: {e.message}" for e in report.rejected[:20]]
     if len(report.rejected) > 20:
         lines.append(f"  ... {len(report.rejected) - 20} more")
@@ -94,9 +117,13 @@ def ingest(
 def index_build(
     catalog: CatalogOpt,
     encoder: EncoderOpt = None,
-    factory: Annotated[str | None, typer.Option(
-        help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32, or 'exact' (numpy). "
-             "Default: Flat below 100k products, HNSW32 above.")] = None,
+    factory: Annotated[
+        str | None,
+        typer.Option(
+            help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32, or 'exact' (numpy). "
+            "Default: Flat below 100k products, HNSW32 above."
+        ),
+    ] = None,
     text: Annotated[bool, typer.Option(help="Also build the text index (BM25 + MiniLM).")] = True,
     text_encoder: Annotated[str, typer.Option(help="Text encoder of the text index.")] = "minilm",
     as_json: JsonOpt = False,
@@ -106,12 +133,16 @@ def index_build(
     from shoplens.index.build import build_indexes
 
     _progress(as_json)
-    report = build_indexes(Catalog.open(catalog), encoder, factory, text=text,
-                           text_encoder=text_encoder)
-    human = (f"catalogue {catalog}: image index {report.image['encoder']} "
-             f"({report.image['factory']}, {report.image['count']} vectors, dim "
-             f"{report.image['dim']})" + (f"; text index {report.text['encoder']}"
-                                           if report.text else "") + f" in {report.seconds:.1f}s")
+    report = build_indexes(
+        Catalog.open(catalog), encoder, factory, text=text, text_encoder=text_encoder
+    )
+    human = (
+        f"catalogue {catalog}: image index {report.image['encoder']} "
+        f"({report.image['factory']}, {report.image['count']} vectors, dim "
+        f"{report.image['dim']})"
+        + (f"; text index {report.text['encoder']}" if report.text else "")
+        + f" in {report.seconds:.1f}s"
+    )
     _emit(as_json, report.to_dict(), human)
 
 
@@ -122,8 +153,12 @@ def index_list(catalog: CatalogOpt, as_json: JsonOpt = False) -> None:
     from shoplens.index.store import list_builds
 
     builds = list_builds(Catalog.open(catalog))
-    human = "\n".join(f"{b['name']}: {b['factory']}, {b['count']} vectors, dim {b['dim']}"
-                      for b in builds) or "no indexes yet"
+    human = (
+        "\n".join(
+            f"{b['name']}: {b['factory']}, {b['count']} vectors, dim {b['dim']}" for b in builds
+        )
+        or "no indexes yet"
+    )
     _emit(as_json, builds, human)
 
 
@@ -134,10 +169,12 @@ def search(
     text: Annotated[str | None, typer.Option("--text", help="Text query.")] = None,
     sku: Annotated[str | None, typer.Option("--sku", help="Find products similar to it.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000)] = 10,
-    category: Annotated[list[str] | None, typer.Option(help="Only this category "
-                                                        "(repeatable).")] = None,
-    attr: Annotated[list[str] | None, typer.Option(help="Attribute filter key=value "
-                                                    "(repeatable).")] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only this category (repeatable).")
+    ] = None,
+    attr: Annotated[
+        list[str] | None, typer.Option(help="Attribute filter key=value (repeatable).")
+    ] = None,
     encoder: EncoderOpt = None,
     dedupe: Annotated[bool, typer.Option(help="Collapse identical images.")] = True,
     as_json: JsonOpt = False,
@@ -150,12 +187,23 @@ def search(
         raise InvalidInputError("give --image, --text or --sku")
     engine = SearchEngine.open(catalog, encoder)
     query_image = load_image_ref(image, root=None) if image else None
-    hits = engine.search(image=query_image, text=text, sku=sku, k=k,
-                         filters=Filters(category or [], _parse_attrs(attr)), dedupe=dedupe)
-    payload = {"catalog": catalog, "encoder": engine.image_build.encoder,
-               "stale_index": engine.stale, "results": [h.to_dict() for h in hits]}
-    rows = [f"{n:>3}. {h.score:.4f}  {h.sku}  [{h.category}]  {h.title}"
-            for n, h in enumerate(hits, 1)] or ["no results"]
+    hits = engine.search(
+        image=query_image,
+        text=text,
+        sku=sku,
+        k=k,
+        filters=Filters(category or [], _parse_attrs(attr)),
+        dedupe=dedupe,
+    )
+    payload = {
+        "catalog": catalog,
+        "encoder": engine.image_build.encoder,
+        "stale_index": engine.stale,
+        "results": [h.to_dict() for h in hits],
+    }
+    rows = [
+        f"{n:>3}. {h.score:.4f}  {h.sku}  [{h.category}]  {h.title}" for n, h in enumerate(hits, 1)
+    ] or ["no results"]
     if engine.stale:
         rows.append("note: the catalogue changed since the index was built; rebuild it")
     _emit(as_json, payload, "\n".join(rows))
@@ -164,10 +212,12 @@ def search(
 @app.command()
 def dedupe(
     catalog: CatalogOpt,
-    threshold: Annotated[float, typer.Option(min=0.01, max=1.0,
-                                             help="Embedding cosine threshold.")] = 0.95,
-    hash_distance: Annotated[int, typer.Option(min=0, max=32,
-                                               help="Max perceptual-hash bit distance.")] = 6,
+    threshold: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="Embedding cosine threshold.")
+    ] = 0.95,
+    hash_distance: Annotated[
+        int, typer.Option(min=0, max=32, help="Max perceptual-hash bit distance.")
+    ] = 6,
     encoder: EncoderOpt = None,
     show: Annotated[int, typer.Option(help="Clusters to print.")] = 20,
     as_json: JsonOpt = False,
@@ -181,10 +231,14 @@ def dedupe(
     cat = Catalog.open(catalog)
     build = load_build(cat, encoder or default_image_encoder(cat))
     report = find_duplicates(cat, build, threshold=threshold, hash_distance=hash_distance)
-    lines = [f"{len(report.pairs)} duplicate pairs in {len(report.clusters)} clusters "
-             f"among {report.products} products"]
-    lines += [f"  {len(c)}: {', '.join(c[:8])}{' ...' if len(c) > 8 else ''}"
-              for c in report.clusters[:show]]
+    lines = [
+        f"{len(report.pairs)} duplicate pairs in {len(report.clusters)} clusters "
+        f"among {report.products} products"
+    ]
+    lines += [
+        f"  {len(c)}: {', '.join(c[:8])}{' ...' if len(c) > 8 else ''}"
+        for c in report.clusters[:show]
+    ]
     _emit(as_json, report.to_dict(), "\n".join(lines))
 
 
@@ -202,18 +256,24 @@ def serve(
     from shoplens.serve import ServiceSettings, create_app
 
     Catalog.open(catalog).close()  # fail fast with a clear error for an unknown catalogue
-    uvicorn.run(create_app(ServiceSettings(catalog=catalog, encoder=encoder)), host=host,
-                port=port, log_level="info")
+    uvicorn.run(
+        create_app(ServiceSettings(catalog=catalog, encoder=encoder)),
+        host=host,
+        port=port,
+        log_level="info",
+    )
 
 
 @app.command()
 def demo(
-    serve_: Annotated[bool, typer.Option("--serve/--no-serve",
-                                         help="Serve HTTP after preparing.")] = True,
+    serve_: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve HTTP after preparing.")
+    ] = True,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    limit: Annotated[int | None, typer.Option(
-        help="Use only the first N products of each split (a quick try).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N products of each split (a quick try).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the results grid PNG.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -237,9 +297,14 @@ def catalogs_cmd(as_json: JsonOpt = False) -> None:
     for name in list_catalogs():
         with Catalog.open(name) as c:
             rows.append({"name": name, "products": c.count(), "categories": len(c.categories())})
-    _emit(as_json, rows, "\n".join(f"{r['name']}: {r['products']} products, "
-                                   f"{r['categories']} categories" for r in rows)
-          or "no catalogues yet")
+    _emit(
+        as_json,
+        rows,
+        "\n".join(
+            f"{r['name']}: {r['products']} products, {r['categories']} categories" for r in rows
+        )
+        or "no catalogues yet",
+    )
 
 
 @app.command("encoders")
@@ -261,17 +326,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            print(f"error: {e.format_message()}", file=sys.stderr)
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except typer.Exit as e:
+        sys.exit(getattr(e, "exit_code", 0))
+    except typer.Abort:
+        sys.exit(1)
+    except typer.TyperException as e:  # usage errors: bad option value, missing option, ...
+        message = " ".join(str(e.format_message() if hasattr(e, "format_message") else e).split())
+        print(f"error: {message or 'no command given (see shoplens --help)'}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0)
 
 

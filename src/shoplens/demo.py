@@ -44,13 +44,13 @@ def customer_photo(img: Image.Image, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def results_grid(rows: list[tuple[str, Image.Image | None, list[Hit]]], path: Path,
-                 cell: int = 96) -> Path:
+def results_grid(
+    rows: list[tuple[str, Image.Image | None, list[Hit]]], path: Path, cell: int = 96
+) -> Path:
     """Write a picture: one row per query (query image or text, then the top results)."""
     ncols = 1 + max((len(h) for _, _, h in rows), default=0)
     label_h = 30
-    grid = Image.new("RGB", (ncols * (cell + 8) + 8, len(rows) * (cell + label_h + 8) + 8),
-                     "white")
+    grid = Image.new("RGB", (ncols * (cell + 8) + 8, len(rows) * (cell + label_h + 8) + 8), "white")
     draw = ImageDraw.Draw(grid)
     for r, (label, qimg, hits) in enumerate(rows):
         y = 8 + r * (cell + label_h + 8)
@@ -63,8 +63,7 @@ def results_grid(rows: list[tuple[str, Image.Image | None, list[Hit]]], path: Pa
         for c, hit in enumerate(hits, start=1):
             x = 8 + c * (cell + 8)
             with Image.open(hit.image_path) as im:
-                grid.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST),
-                           (x, y))
+                grid.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
             draw.text((x + 2, y + cell + 2), hit.category[:16], fill="black")
             draw.text((x + 2, y + cell + 14), f"{hit.score:.3f}", fill="#444444")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +72,9 @@ def results_grid(rows: list[tuple[str, Image.Image | None, list[Hit]]], path: Pa
 
 
 def run_demo(
-    *, limit: int | None = None, grid_path: Path | None = None,
+    *,
+    limit: int | None = None,
+    grid_path: Path | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Prepare the demo catalogue and run example searches; return a summary."""
@@ -107,8 +108,11 @@ def run_demo(
         (f"photo of {probe.category}", photo, engine.search(image=photo, k=8)),
         ("text: ankle boot", None, engine.search(text="ankle boot", k=8)),
         ("text: bag", None, engine.search(text="bag", k=8)),
-        ("sku fm-test-00001", catalog.load_image(catalog.get("fm-test-00001")),
-         engine.similar("fm-test-00001", k=8)),
+        (
+            "sku fm-test-00001",
+            catalog.load_image(catalog.get("fm-test-00001")),
+            engine.similar("fm-test-00001", k=8),
+        ),
     ]
     for label, _img, hits in examples:
         say(f"\n{label}:")
@@ -119,7 +123,10 @@ def run_demo(
     say(f"\nresults grid: {grid}")
     say(f"ready in {timings['total']:.0f}s (catalogue {name}, {catalog.count()} products)")
     return {
-        "catalog": name, "products": catalog.count(), "encoder": DEMO_ENCODER,
-        "grid": str(grid), "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "catalog": name,
+        "products": catalog.count(),
+        "encoder": DEMO_ENCODER,
+        "grid": str(grid),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "examples": {label: [h.to_dict() for h in hits] for label, _i, hits in examples},
     }

@@ -31,8 +31,12 @@ def _resolved() -> Mode:
 def task(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
     """Context manager yielding ``advance(n)`` for a step of ``total`` units."""
     mode = _resolved()
+
+    def noop(n: int = 1) -> None:
+        return None
+
     if mode == "off":
-        yield lambda n=1: None
+        yield noop
         return
     if mode == "rich":
         from rich.progress import (
@@ -53,14 +57,21 @@ def task(description: str, total: int | None = None) -> Iterator[Callable[[int],
             transient=False,
         ) as bar:
             tid = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(tid, n)
+
+            def advance_bar(n: int = 1) -> None:
+                bar.advance(tid, n)
+
+            yield advance_bar
         return
     # plain: a line at start, every 10 % (or 15 s), and at the end
     start = last = time.monotonic()
     done = 0
     next_pct = 10
-    print(f"{description}: started" + (f" ({total} items)" if total else ""), file=sys.stderr,
-          flush=True)
+    print(
+        f"{description}: started" + (f" ({total} items)" if total else ""),
+        file=sys.stderr,
+        flush=True,
+    )
 
     def advance(n: int = 1) -> None:
         nonlocal done, last, next_pct

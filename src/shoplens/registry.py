@@ -50,7 +50,7 @@ def register_adapter(prefix: str) -> Callable[[EncoderFactory], EncoderFactory]:
 
 def _ensure_builtin() -> None:
     # Importing the modules runs their @register_* decorators.
-    import shoplens.adapters  # noqa: F401
+    import shoplens.adapters
     import shoplens.models.encoders  # noqa: F401
 
 

@@ -105,7 +105,9 @@ class HFClipEncoder(Encoder):
             with quiet_hf_progress():
                 model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:
-            raise InvalidInputError(f"cannot load a model from {folder}: {describe_error(e)}") from e
+            raise InvalidInputError(
+                f"cannot load a model from {folder}: {describe_error(e)}"
+            ) from e
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             kind = getattr(model.config, "model_type", type(model).__name__)
             raise InvalidInputError(

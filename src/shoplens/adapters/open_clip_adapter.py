@@ -100,7 +100,9 @@ class OpenClipEncoder(Encoder):
         except FileNotFoundError as e:
             raise NotFoundError(f"cannot load {self.name!r}: {e}") from e
         except Exception as e:
-            hint = " (from the Hugging Face Hub: offline?)" if model_name.startswith(_HF_HUB) else ""
+            hint = (
+                " (from the Hugging Face Hub: offline?)" if model_name.startswith(_HF_HUB) else ""
+            )
             raise InvalidInputError(f"cannot load {self.name!r}{hint}: {describe_error(e)}") from e
         self.model = model.eval()
         self.preprocess = preprocess
@@ -151,7 +153,10 @@ def describe_error(e: BaseException) -> str:
             counts.append(f"{mismatched} keys with mismatched shapes")
         return "checkpoint does not match the architecture (" + ", ".join(counts) + ")"
     first = text.splitlines()[0][:300] if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    kind = type(e).__name__
+    if type(e).__module__ not in ("builtins", "__main__"):
+        kind = f"{type(e).__module__.split('.')[0]}.{kind}"  # e.g. struct.error, not error
+    return f"{kind}: {first}" if first else kind
 
 
 @register_adapter(PREFIX)

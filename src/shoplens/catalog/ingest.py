@@ -68,15 +68,22 @@ def _is_url(ref: str) -> bool:
 
 
 def _load_chunk(
-    rows: list[ManifestRow], root: Path, *, allow_outside_root: bool, concurrency: int,
-    timeout: float, retries: int,
+    rows: list[ManifestRow],
+    root: Path,
+    *,
+    allow_outside_root: bool,
+    concurrency: int,
+    timeout: float,
+    retries: int,
 ) -> list[Image.Image | ShoplensError]:
     """Load one chunk of images; URLs are downloaded concurrently."""
     out: list[Image.Image | ShoplensError] = [InvalidInputError("not loaded")] * len(rows)
     url_pos = [i for i, r in enumerate(rows) if _is_url(r.image)]
     if url_pos:
         fetched = fetch_many(
-            [rows[i].image for i in url_pos], concurrency=concurrency, timeout=timeout,
+            [rows[i].image for i in url_pos],
+            concurrency=concurrency,
+            timeout=timeout,
             retries=retries,
         )
         for i, res in zip(url_pos, fetched, strict=True):
@@ -141,8 +148,12 @@ def ingest_manifest(
         for start in range(0, len(manifest.rows), CHUNK):
             rows = manifest.rows[start : start + CHUNK]
             images = _load_chunk(
-                rows, manifest.root, allow_outside_root=allow_outside_root,
-                concurrency=concurrency, timeout=timeout, retries=retries,
+                rows,
+                manifest.root,
+                allow_outside_root=allow_outside_root,
+                concurrency=concurrency,
+                timeout=timeout,
+                retries=retries,
             )
             for row, img in zip(rows, images, strict=True):
                 if isinstance(img, ShoplensError):
@@ -150,8 +161,17 @@ def ingest_manifest(
                     continue
                 key, ph, w, h = store_image(catalog, img)
                 records.append(
-                    ProductRecord(row.sku, row.title, row.category, key, dict(row.attributes),
-                                  row.image, ph, w, h)
+                    ProductRecord(
+                        row.sku,
+                        row.title,
+                        row.category,
+                        key,
+                        dict(row.attributes),
+                        row.image,
+                        ph,
+                        w,
+                        h,
+                    )
                 )
             advance(len(rows))
     errors.sort(key=lambda e: e.line)
@@ -162,22 +182,32 @@ def ingest_manifest(
         )
     if not records:
         raise InvalidInputError(
-            f"no valid products in {source}; {len(errors)} row(s) rejected: " + _first_errors(errors)
+            f"no valid products in {source}; {len(errors)} row(s) rejected: "
+            + _first_errors(errors)
         )
     return _commit(catalog, str(source), records, errors, started)
 
 
 def _commit(
-    catalog: Catalog, source: str, records: list[ProductRecord], errors: list[RowError],
+    catalog: Catalog,
+    source: str,
+    records: list[ProductRecord],
+    errors: list[RowError],
     started: float,
 ) -> IngestReport:
     with catalog.transaction() as conn:
         counts: UpsertCounts = catalog.upsert_in(conn, records)
         catalog.record_ingest(conn, source, started, counts, len(errors))
     report = IngestReport(
-        catalog=catalog.name, source=source, added=counts.added, updated=counts.updated,
-        unchanged=counts.unchanged, rejected=errors, rejects_file=_write_rejects(catalog, errors),
-        seconds=time.time() - started, total=catalog.count(),
+        catalog=catalog.name,
+        source=source,
+        added=counts.added,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        rejected=errors,
+        rejects_file=_write_rejects(catalog, errors),
+        seconds=time.time() - started,
+        total=catalog.count(),
     )
     catalog.close()
     return report
@@ -213,7 +243,9 @@ def ingest_fashion_mnist(
                         image_key=key,
                         attributes={"split": ds.split, "source": "fashion-mnist"},
                         image_source=f"fashion-mnist:{ds.split}:{i}",
-                        phash=ph, width=w, height=h,
+                        phash=ph,
+                        width=w,
+                        height=h,
                     )
                 )
                 if i % 1000 == 999:

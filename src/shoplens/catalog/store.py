@@ -241,8 +241,19 @@ class Catalog:
                     "INSERT INTO products (sku, title, category, attributes, image_key, "
                     "image_source, phash, width, height, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (r.sku, r.title, r.category, attrs, r.image_key, r.image_source, r.phash,
-                     r.width, r.height, now, now),
+                    (
+                        r.sku,
+                        r.title,
+                        r.category,
+                        attrs,
+                        r.image_key,
+                        r.image_source,
+                        r.phash,
+                        r.width,
+                        r.height,
+                        now,
+                        now,
+                    ),
                 )
                 added += 1
             elif tuple(old) == (r.title, r.category, attrs, r.image_key, r.image_source):
@@ -251,8 +262,18 @@ class Catalog:
                 conn.execute(
                     "UPDATE products SET title=?, category=?, attributes=?, image_key=?, "
                     "image_source=?, phash=?, width=?, height=?, updated_at=? WHERE sku=?",
-                    (r.title, r.category, attrs, r.image_key, r.image_source, r.phash,
-                     r.width, r.height, now, r.sku),
+                    (
+                        r.title,
+                        r.category,
+                        attrs,
+                        r.image_key,
+                        r.image_source,
+                        r.phash,
+                        r.width,
+                        r.height,
+                        now,
+                        r.sku,
+                    ),
                 )
                 updated += 1
         return UpsertCounts(added, updated, unchanged)
@@ -263,14 +284,25 @@ class Catalog:
             return self.upsert_in(conn, records)
 
     def record_ingest(
-        self, conn: sqlite3.Connection, source: str, started: float, counts: UpsertCounts,
+        self,
+        conn: sqlite3.Connection,
+        source: str,
+        started: float,
+        counts: UpsertCounts,
         rejected: int,
     ) -> None:
         conn.execute(
             "INSERT INTO ingests (source, started_at, finished_at, added, updated, unchanged, "
             "rejected) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (source, started, time.time(), counts.added, counts.updated, counts.unchanged,
-             rejected),
+            (
+                source,
+                started,
+                time.time(),
+                counts.added,
+                counts.updated,
+                counts.unchanged,
+                rejected,
+            ),
         )
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('version', ?) ON CONFLICT(key) DO UPDATE "

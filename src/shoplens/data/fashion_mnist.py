@@ -37,8 +37,12 @@ CLASSES: tuple[str, ...] = (
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FILES: dict[str, str] = {
-    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "train-images-idx3-ubyte.gz": (
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"
+    ),
     "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
     "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
@@ -96,7 +100,9 @@ def locate(data_dir: Path | None = None, *, download: bool = True) -> Path:
         if all((d / name).is_file() for name in FILES):
             bad = [n for n, s in FILES.items() if _sha256(d / n) != s]
             if bad:
-                raise InvalidInputError(f"Fashion-MNIST files in {d} fail their sha256 check: {bad}")
+                raise InvalidInputError(
+                    f"Fashion-MNIST files in {d} fail their sha256 check: {bad}"
+                )
             return d
     if not download:
         raise NotFoundError(

@@ -17,20 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "MAX_FIELD_CHARS",
-    "MAX_MANIFEST_BYTES",
-    "MAX_SKU_CHARS",
-    "REQUIRED_COLUMNS",
-    "UNCATEGORIZED",
-    "Manifest",
-    "ManifestRow",
-    "RowError",
-    "read_manifest",
-    "slugify",
-]
-
 from shoplens.data.manifest_readers import (
     ATTR_NAME_RE,
     IMAGE_EXTENSIONS,
@@ -50,6 +36,20 @@ from shoplens.errors import InvalidInputError, NotFoundError
 MAX_MANIFEST_BYTES = 2 * 1024**3
 MAX_FIELD_CHARS = 10_000
 SUPPORTED_KINDS = "a folder of images, .csv, .tsv, .jsonl / .ndjson or .json"
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_FIELD_CHARS",
+    "MAX_MANIFEST_BYTES",
+    "MAX_SKU_CHARS",
+    "REQUIRED_COLUMNS",
+    "UNCATEGORIZED",
+    "Manifest",
+    "ManifestRow",
+    "RowError",
+    "read_manifest",
+    "slugify",
+]
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,3 @@ def _attributes(attrs: Mapping[str, Any], problems: list[str]) -> dict[str, str]
         elif text:
             out[name] = text
     return out
-
-
-def kind_of(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "true/false"}.get(type(value), "a value")

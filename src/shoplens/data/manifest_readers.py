@@ -52,6 +52,7 @@ def kind_of(value: Any) -> str:
 
 
 def read_csv(path: Path, delimiter: str, b: RecordSink, name: str) -> None:
+    """Read a CSV/TSV manifest whose first line names the columns."""
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
@@ -59,7 +60,6 @@ def read_csv(path: Path, delimiter: str, b: RecordSink, name: str) -> None:
             reader = csv.reader(fh, delimiter=delimiter, strict=True)
             columns: list[str] | None = None
             prev = 0
-            start = 1
             try:
                 for record in reader:
                     start, prev = prev + 1, reader.line_num
@@ -127,6 +127,7 @@ def _csv_record(b: RecordSink, line: int, columns: list[str], record: list[str])
 
 
 def read_jsonl(path: Path, b: RecordSink, name: str) -> None:
+    """Read one JSON object per line; blank lines are skipped."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -146,6 +147,7 @@ def read_jsonl(path: Path, b: RecordSink, name: str) -> None:
 
 
 def read_json(path: Path, b: RecordSink, name: str) -> None:
+    """Read a JSON array of product objects, keeping each element's start line."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -257,6 +259,7 @@ def slugify(text: str) -> str:
 
 
 def read_folder(root: Path, b: RecordSink, name: str) -> None:
+    """Turn a folder of images (sub-folder = category) into records, sorted by path."""
     files: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

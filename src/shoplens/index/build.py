@@ -10,6 +10,7 @@ import numpy as np
 
 from shoplens import progress
 from shoplens.catalog.store import Catalog, Product
+from shoplens.index.base import make_index
 from shoplens.index.store import (
     IndexBuild,
     _previous_cache,
@@ -38,6 +39,8 @@ def build_image_index(
     """Embed every product image with ``encoder_spec`` and build its ANN index."""
     spec = encoder_spec or default_image_encoder(catalog)
     encoder = get_encoder(spec)
+    if factory is not None:
+        make_index(encoder.dim, factory)  # fail on a bad factory string before embedding
     products = list(catalog.iter_products())
     keys = [p.image_key for p in products]
 
@@ -46,12 +49,21 @@ def build_image_index(
 
     with progress.task(f"embed images ({spec})", len(products)) as advance:
         emb = embed_products(
-            products, keys, encode, _previous_cache(catalog, spec),
-            batch_size=max(16, encoder.batch_size), advance=advance,
+            products,
+            keys,
+            encode,
+            _previous_cache(catalog, spec),
+            batch_size=max(16, encoder.batch_size),
+            advance=advance,
         )
     ids = np.array([p.id for p in products], dtype=np.int64)
     build = write_build(
-        catalog, spec, ids=ids, keys=keys, embeddings=emb, factory=factory,
+        catalog,
+        spec,
+        ids=ids,
+        keys=keys,
+        embeddings=emb,
+        factory=factory,
         extra_meta={"encoder": spec, "kind": "image", "modalities": sorted(encoder.modalities)},
     )
     catalog.set_meta("default_encoder", spec)
@@ -90,12 +102,21 @@ def build_text_index(
 
     with progress.task(f"embed texts ({text_encoder})", len(products)) as advance:
         emb = embed_products(
-            products, keys, encode, _previous_cache(catalog, name), batch_size=256,
+            products,
+            keys,
+            encode,
+            _previous_cache(catalog, name),
+            batch_size=256,
             advance=advance,
         )
     ids = np.array([p.id for p in products], dtype=np.int64)
     build = write_build(
-        catalog, name, ids=ids, keys=keys, embeddings=emb, factory=factory,
+        catalog,
+        name,
+        ids=ids,
+        keys=keys,
+        embeddings=emb,
+        factory=factory,
         extra_meta={"encoder": text_encoder, "kind": "text"},
         extra_writer=_write_bm25(texts),
     )
@@ -111,13 +132,21 @@ class BuildReport:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"catalog": self.catalog, "image": self.image, "text": self.text,
-                "seconds": round(self.seconds, 2)}
+        return {
+            "catalog": self.catalog,
+            "image": self.image,
+            "text": self.text,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def build_indexes(
-    catalog: Catalog, encoder: str | None = None, factory: str | None = None, *,
-    text: bool = True, text_encoder: str = DEFAULT_TEXT_ENCODER,
+    catalog: Catalog,
+    encoder: str | None = None,
+    factory: str | None = None,
+    *,
+    text: bool = True,
+    text_encoder: str = DEFAULT_TEXT_ENCODER,
 ) -> BuildReport:
     """Build the image index and (unless ``text=False``) the text index."""
     import time

@@ -11,12 +11,15 @@ import numpy as np
 from shoplens.errors import InvalidInputError
 from shoplens.index.base import check_vectors
 
+BRUTE_FORCE_MAX = 4096  # filters allowing at most this many ids (or 5 %) are searched exactly
+
 
 class FaissIndex:
     """Inner-product FAISS index with int64 labels and optional id filtering."""
 
-    def __init__(self, dim: int, factory: str = "Flat", *, ef_search: int = 128,
-                 nprobe: int = 16) -> None:
+    def __init__(
+        self, dim: int, factory: str = "Flat", *, ef_search: int = 128, nprobe: int = 16
+    ) -> None:
         import faiss
 
         self.dim = dim
@@ -26,11 +29,13 @@ class FaissIndex:
         try:
             inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
+            reason = str(e).strip().splitlines()[-1].rsplit(": ", 1)[-1]
             raise InvalidInputError(
-                f"invalid FAISS factory string {factory!r} (e.g. 'Flat', 'HNSW32', "
-                f"'IVF256,PQ16'): {str(e).splitlines()[-1]}"
+                f"invalid FAISS factory string {factory!r} ({reason}); examples: 'Flat', "
+                "'HNSW32', 'IVF1024,PQ32', or 'exact'"
             ) from e
         self._index: Any = faiss.IndexIDMap2(inner)
+        self._label_cache: np.ndarray | None = None
         self._apply_params()
 
     def _apply_params(self) -> None:
@@ -57,7 +62,9 @@ class FaissIndex:
         self._index.add_with_ids(v, np.ascontiguousarray(ids, dtype=np.int64))
 
     def _params(self, allowed_ids: np.ndarray) -> Any:
-        import faiss
+        import faiss as faiss_module
+
+        faiss: Any = faiss_module  # the bundled stubs lack the SearchParameters constructors
 
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
         inner = faiss.downcast_index(self._index.index)
@@ -75,19 +82,53 @@ class FaissIndex:
         q = check_vectors(vectors, self.dim)  # (Q, D)
         if allowed_ids is None:
             scores, ids = self._index.search(q, k)
+        elif len(allowed_ids) <= max(BRUTE_FORCE_MAX, self.ntotal // 20):
+            # Selective filter: graph / IVF search with a selector can miss allowed items,
+            # so score the allowed vectors exactly (what vector databases do too).
+            return self._search_subset(q, k, allowed_ids)
         else:
             params, _sel = self._params(allowed_ids)  # keep the selector alive during search
             scores, ids = self._index.search(q, k, params=params)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids.astype(np.int64)
 
+    def _labels(self) -> np.ndarray:
+        import faiss
+
+        if self._label_cache is None or len(self._label_cache) != self.ntotal:
+            self._label_cache = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        return self._label_cache
+
+    def _search_subset(
+        self, q: np.ndarray, k: int, allowed_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over the stored vectors of ``allowed_ids`` (those present)."""
+        present = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        present = present[np.isin(present, self._labels())]
+        out_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if present.size == 0:
+            return out_s, out_i
+        vecs = np.vstack([self._index.reconstruct(int(i)) for i in present])  # (M, D)
+        scores = q @ vecs.T  # (Q, M)
+        kk = min(k, present.size)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+        out_s[:, :kk] = np.take_along_axis(scores, order, axis=1)
+        out_i[:, :kk] = present[order]
+        return out_s, out_i
+
     def save(self, path: Path) -> None:
         import faiss
 
         path.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self._index, str(path / "index.faiss"))
-        meta = {"kind": "faiss", "dim": self.dim, "factory": self.factory,
-                "ef_search": self.ef_search, "nprobe": self.nprobe}
+        meta = {
+            "kind": "faiss",
+            "dim": self.dim,
+            "factory": self.factory,
+            "ef_search": self.ef_search,
+            "nprobe": self.nprobe,
+        }
         (path / "index.json").write_text(json.dumps(meta))
 
     @classmethod
@@ -101,5 +142,6 @@ class FaissIndex:
         idx.ef_search = int(meta.get("ef_search", 128))
         idx.nprobe = int(meta.get("nprobe", 16))
         idx._index = faiss.read_index(str(path / "index.faiss"))
+        idx._label_cache = None
         idx._apply_params()
         return idx

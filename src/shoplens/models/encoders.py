@@ -46,11 +46,8 @@ def set_offline_env() -> None:
 @contextlib.contextmanager
 def quiet_hf_progress() -> Iterator[None]:
     """Hide transformers' "Loading weights" progress bar while loading a local model."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        yield
-        return
+    from transformers.utils import logging as hf_logging
+
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -247,10 +244,11 @@ class MiniLMEncoder(Encoder):
             raise InvalidInputError(
                 f"cannot load a sentence-transformers model from {path}: {type(e).__name__}: {e}"
             ) from e
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
+        dim = (  # renamed in sentence-transformers 6; the old name warns there
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
         )
-        dim = get_dim()
         if not dim:
             raise InvalidInputError(f"cannot tell the embedding size of the model in {path}")
         self.name = name
@@ -275,10 +273,11 @@ class MiniLMEncoder(Encoder):
 
 
 class TinyConvEncoder(Encoder):
-    """Deterministic random 2-layer conv net for fast tests (image only, 32-d).
+    """Deterministic random 2-layer conv net for fast tests (image only, 64-d).
 
     Weights come from a private seeded ``torch.Generator``, so instances agree and the
-    global RNG is untouched. Embedding = (B, 8, 2, 2) pooled map of the second conv.
+    global RNG is untouched. Embedding = (B, 4, 4, 4) pooled map of the second conv,
+    centred per image so a shared background does not dominate the cosine.
     """
 
     modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
@@ -289,15 +288,15 @@ class TinyConvEncoder(Encoder):
 
         self.image_size = _check_size("test-tiny", image_size)
         self.name = name or _spec_name("test-tiny", None if image_size == 32 else image_size)
-        self.dim = 32
+        self.dim = 64
         self._torch = torch
         with torch.random.fork_rng(devices=[]):  # default layer init must not touch the RNG
             self.net = nn.Sequential(
                 nn.Conv2d(3, 8, 3, stride=2, padding=1),
                 nn.ReLU(),
-                nn.Conv2d(8, 8, 3, stride=2, padding=1),
-                nn.AdaptiveAvgPool2d(2),
-                nn.Flatten(),  # (B, 32)
+                nn.Conv2d(8, 4, 3, stride=2, padding=1),
+                nn.AdaptiveAvgPool2d(4),
+                nn.Flatten(),  # (B, 64)
             ).eval()
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -306,7 +305,7 @@ class TinyConvEncoder(Encoder):
                 p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed images -> (N, 32) float32, L2-normalised."""
+        """Embed images -> (N, 64) float32, L2-normalised."""
         s = self.image_size
         arrs = [
             np.asarray(to_rgb(im).resize((s, s), Image.Resampling.BILINEAR), np.float32)
@@ -316,8 +315,8 @@ class TinyConvEncoder(Encoder):
             return np.zeros((0, self.dim), np.float32)
         x = self._torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0
         with self._torch.inference_mode():
-            y = self.net(x).numpy()  # (B, 32)
-        return l2_normalize(y)
+            y = self.net(x).numpy()  # (B, 64)
+        return l2_normalize(y - y.mean(axis=1, keepdims=True))
 
 
 _TOKEN_RE = re.compile(r"\w+", re.UNICODE)
@@ -396,20 +395,3 @@ def _test_tiny(image_size: int | None = None) -> Encoder:
 def _test_tiny_text(image_size: int | None = None) -> Encoder:
     _text_only("test-tiny-text", image_size)
     return HashTextEncoder()
-
-
-__all__: list[str] = [
-    "EFFNET_LITE_MEAN",
-    "EFFNET_LITE_STD",
-    "EffNetLite0Encoder",
-    "HashTextEncoder",
-    "MiniLMEncoder",
-    "PixelsEncoder",
-    "TinyConvEncoder",
-    "batched",
-    "check_texts",
-    "dedupe",
-    "quiet_hf_progress",
-    "set_offline_env",
-    "to_rgb",
-]

@@ -37,8 +37,12 @@ class DedupeReport:
     clusters: list[list[str]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"products": self.products, "threshold": self.threshold,
-                "pairs": [asdict(p) for p in self.pairs], "clusters": self.clusters}
+        return {
+            "products": self.products,
+            "threshold": self.threshold,
+            "pairs": [asdict(p) for p in self.pairs],
+            "clusters": self.clusters,
+        }
 
 
 def _phash_bits(products: list[Product]) -> np.ndarray:
@@ -122,10 +126,10 @@ def find_duplicates(
         scores, labels = build.index.search(emb, k)
         for a in range(len(ids)):
             for s, lab in zip(scores[a], labels[a], strict=True):
-                b = pos_of.get(int(lab))
-                if b is None or b == a or s < threshold:
+                other = pos_of.get(int(lab))
+                if other is None or other == a or s < threshold:
                     continue
-                key = (min(a, b), max(a, b))
+                key = (min(a, other), max(a, other))
                 found.setdefault(key, (float(s), "embedding"))
 
     # 3. perceptual hash, confirmed by a looser embedding threshold
@@ -137,7 +141,9 @@ def find_duplicates(
             found[(a, b)] = (s, "perceptual hash")
 
     ordered = sorted(found.items(), key=lambda t: (-t[1][0], t[0]))
-    pairs = [DuplicatePair(products[a].sku, products[b].sku, round(s, 6), r)
-             for (a, b), (s, r) in ordered]
+    pairs = [
+        DuplicatePair(products[a].sku, products[b].sku, round(s, 6), r)
+        for (a, b), (s, r) in ordered
+    ]
     clusters = [[products[i].sku for i in c] for c in _clusters([p for p, _ in ordered], len(ids))]
     return DedupeReport(products=len(ids), threshold=threshold, pairs=pairs, clusters=clusters)

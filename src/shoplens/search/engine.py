@@ -50,8 +50,11 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "sku": self.sku, "score": round(float(self.score), 6), "title": self.title,
-            "category": self.category, "attributes": self.attributes,
+            "sku": self.sku,
+            "score": round(float(self.score), 6),
+            "title": self.title,
+            "category": self.category,
+            "attributes": self.attributes,
             "image_url": self.image_url,
         }
 
@@ -65,10 +68,13 @@ def check_k(k: int) -> int:
 class SearchEngine:
     """Loaded indexes of one catalogue; thread-safe for concurrent searches."""
 
-    def __init__(self, catalog: Catalog, encoder: str | None = None,
-                 text_encoder: str | None = None) -> None:
+    def __init__(
+        self, catalog: Catalog, encoder: str | None = None, text_encoder: str | None = None
+    ) -> None:
         self.catalog = catalog
-        self.image_build: IndexBuild = load_build(catalog, encoder or default_image_encoder(catalog))
+        self.image_build: IndexBuild = load_build(
+            catalog, encoder or default_image_encoder(catalog)
+        )
         self.encoder = get_encoder(self.image_build.encoder)
         self.text_build: IndexBuild | None
         self.bm25: Bm25 | None
@@ -96,8 +102,9 @@ class SearchEngine:
         ids = self.catalog.filter_ids(filters.categories, filters.attributes)
         return None if ids is None else np.asarray(ids, dtype=np.int64)
 
-    def _hits(self, ranked: list[tuple[int, float]], k: int, dedupe: bool,
-              exclude: set[int] | None = None) -> list[Hit]:
+    def _hits(
+        self, ranked: list[tuple[int, float]], k: int, dedupe: bool, exclude: set[int] | None = None
+    ) -> list[Hit]:
         products = self.catalog.get_by_ids([i for i, _ in ranked])
         hits: list[Hit] = []
         seen_images: set[str] = set()
@@ -108,30 +115,39 @@ class SearchEngine:
             if dedupe and p.image_key in seen_images:
                 continue
             seen_images.add(p.image_key)
-            hits.append(Hit(
-                sku=p.sku, score=score, title=p.title, category=p.category,
-                attributes=p.attributes, image_url=f"/v1/products/{quote(p.sku, safe='')}/image",
-                image_path=str(self.catalog.image_path(p.image_key)),
-            ))
+            hits.append(
+                Hit(
+                    sku=p.sku,
+                    score=score,
+                    title=p.title,
+                    category=p.category,
+                    attributes=p.attributes,
+                    image_url=f"/v1/products/{quote(p.sku, safe='')}/image",
+                    image_path=str(self.catalog.image_path(p.image_key)),
+                )
+            )
             if len(hits) == k:
                 break
         return hits
 
-    def _vector_ranked(self, build: IndexBuild, q: np.ndarray, n: int,
-                       allowed: np.ndarray | None) -> list[tuple[int, float]]:
+    def _vector_ranked(
+        self, build: IndexBuild, q: np.ndarray, n: int, allowed: np.ndarray | None
+    ) -> list[tuple[int, float]]:
         if allowed is not None and allowed.size == 0:
             return []
         scores, ids = build.index.search(q, n, allowed)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     # ---- queries ---------------------------------------------------------------------
-    def image_ranking(self, image: Image.Image, n: int, filters: Filters | None = None
-                      ) -> list[tuple[int, float]]:
+    def image_ranking(
+        self, image: Image.Image, n: int, filters: Filters | None = None
+    ) -> list[tuple[int, float]]:
         q = self.encoder.encode_images([image])  # (1, D)
         return self._vector_ranked(self.image_build, q, n, self._allowed(filters))
 
-    def text_rankings(self, text: str, n: int, filters: Filters | None = None
-                      ) -> list[list[tuple[int, float]]]:
+    def text_rankings(
+        self, text: str, n: int, filters: Filters | None = None
+    ) -> list[list[tuple[int, float]]]:
         """One ranking per available text signal (BM25, dense text, text-to-image)."""
         allowed = self._allowed(filters)
         lists: list[list[tuple[int, float]]] = []
@@ -186,16 +202,20 @@ class SearchEngine:
         if text is not None:
             tl = self.text_rankings(text, n, filters)
             lists.extend(tl)
-            weights.extend([text_weight / len(tl)] * len(tl) if image is not None else [1.0] * len(tl))
+            weights.extend(
+                [text_weight / len(tl)] * len(tl) if image is not None else [1.0] * len(tl)
+            )
         ranked = lists[0] if len(lists) == 1 else rrf(lists, weights)
         return self._hits(ranked, k, dedupe)
 
-    def similar(self, sku: str, k: int = 10, filters: Filters | None = None,
-                dedupe: bool = True) -> list[Hit]:
+    def similar(
+        self, sku: str, k: int = 10, filters: Filters | None = None, dedupe: bool = True
+    ) -> list[Hit]:
         """Products that look like ``sku`` (the product itself is left out)."""
         check_k(k)
         product = self.catalog.get(sku)
         q = self.image_build.vectors_for([product.id])  # (1, D)
-        ranked = self._vector_ranked(self.image_build, np.asarray(q), max(100, 3 * k + 1),
-                                     self._allowed(filters))
+        ranked = self._vector_ranked(
+            self.image_build, np.asarray(q), max(100, 3 * k + 1), self._allowed(filters)
+        )
         return self._hits(ranked, k, dedupe, exclude={product.id})

@@ -28,8 +28,9 @@ class Bm25:
 
         return cls(bm25s.BM25.load(str(path)), ids)
 
-    def search(self, text: str, n: int, allowed: np.ndarray | None = None
-               ) -> list[tuple[int, float]]:
+    def search(
+        self, text: str, n: int, allowed: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
         """Top-n ``(product id, bm25 score)``; products with score 0 are left out."""
         tokens = [t for t in tokenize([text])[0] if t in self._vocab]
         if not tokens or len(self.ids) == 0:

@@ -82,6 +82,15 @@ class ServiceState:
         raise ServiceUnavailableError(f"service not ready: {why}")
 
 
+def get_engine(request: Request) -> SearchEngine:
+    """Dependency: the loaded engine, or 503 while it is loading / failed to load."""
+    state: ServiceState = request.app.state.shoplens
+    return state.get()
+
+
+Engine = Annotated[SearchEngine, Depends(get_engine)]
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
@@ -143,7 +152,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         yield
 
     app = FastAPI(
-        title="shoplens", version=__version__, lifespan=lifespan,
+        title="shoplens",
+        version=__version__,
+        lifespan=lifespan,
         description="Visual and text search over a retail catalogue.",
     )
     app.state.shoplens = state
@@ -160,11 +171,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
         return response
 
-    def engine_dep() -> SearchEngine:
-        return state.get()
-
-    Engine = Annotated[SearchEngine, Depends(engine_dep)]
-
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -175,8 +181,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             engine = state.get()
         except ServiceUnavailableError as e:
             return _error(503, "not_ready", e.message)
-        return {"status": "ready", "catalog": engine.catalog.name,
-                "encoder": engine.image_build.encoder, "vectors": engine.image_build.index.ntotal}
+        return {
+            "status": "ready",
+            "catalog": engine.catalog.name,
+            "encoder": engine.image_build.encoder,
+            "vectors": engine.image_build.index.ntotal,
+        }
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def prometheus() -> Response:
@@ -206,7 +216,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     fields[key] = form.get(key)
             fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str) and c]
             fields["attributes"] = _parse_attr_params(
-                [a for a in form.getlist("attr") if isinstance(a, str) and a])
+                [a for a in form.getlist("attr") if isinstance(a, str) and a]
+            )
             try:
                 return SearchRequest.model_validate(fields), data
             except ValidationError as e:
@@ -220,15 +231,31 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise InvalidInputError(_validation_message(list(e.errors()))) from e
 
     @app.post(
-        "/v1/search", response_model=SearchResponse, tags=["search"], responses=ERRORS,
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": SearchRequest.model_json_schema()},
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"},
-                               "text": {"type": "string"}, "k": {"type": "integer"},
-                               "category": {"type": "array", "items": {"type": "string"}},
-                               "attr": {"type": "array", "items": {"type": "string"}}}}},
-        }}},
+        "/v1/search",
+        response_model=SearchResponse,
+        tags=["search"],
+        responses=ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": SearchRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "image": {"type": "string", "format": "binary"},
+                                "text": {"type": "string"},
+                                "k": {"type": "integer"},
+                                "category": {"type": "array", "items": {"type": "string"}},
+                                "attr": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    },
+                },
+            }
+        },
     )
     async def search(request: Request) -> SearchResponse:
         """Search by text or sku (JSON) or by an uploaded image, optionally with text."""
@@ -243,12 +270,24 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             from shoplens.data.images import decode_image
 
             image = decode_image(image_bytes, source="uploaded image") if image_bytes else None
-            kind = "image+text" if image and req.text else "image" if image else \
-                "text" if req.text else "sku"
+            kind = (
+                "image+text"
+                if image and req.text
+                else "image"
+                if image
+                else "text"
+                if req.text
+                else "sku"
+            )
             t0 = time.perf_counter()
-            hits = engine.search(image=image, text=req.text, sku=req.sku, k=req.k,
-                                 filters=_filters(req.categories, req.attributes),
-                                 dedupe=req.dedupe)
+            hits = engine.search(
+                image=image,
+                text=req.text,
+                sku=req.sku,
+                k=req.k,
+                filters=_filters(req.categories, req.attributes),
+                dedupe=req.dedupe,
+            )
             metrics.search_seconds.labels(kind).observe(time.perf_counter() - t0)
             return hits, kind
 
@@ -258,44 +297,63 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             query["text"] = req.text
         if req.sku:
             query["sku"] = req.sku
-        return SearchResponse(query=query, count=len(hits), stale_index=engine.stale,
-                              results=[HitOut(**h.to_dict()) for h in hits])
+        return SearchResponse(
+            query=query,
+            count=len(hits),
+            stale_index=engine.stale,
+            results=[HitOut(**h.to_dict()) for h in hits],
+        )
 
-    @app.get("/v1/products/{sku}", response_model=ProductOut, tags=["products"],
-             responses=ERRORS)
+    @app.get("/v1/products/{sku}", response_model=ProductOut, tags=["products"], responses=ERRORS)
     def product(sku: str, engine: Engine) -> ProductOut:
         p = engine.catalog.get(sku)
         return ProductOut(**p.to_dict(), image_url=f"/v1/products/{sku}/image")
 
-    @app.get("/v1/products/{sku}/similar", response_model=SearchResponse, tags=["products"],
-             responses=ERRORS)
+    @app.get(
+        "/v1/products/{sku}/similar",
+        response_model=SearchResponse,
+        tags=["products"],
+        responses=ERRORS,
+    )
     def similar(
-        sku: str, engine: Engine, k: Annotated[int, Query(ge=1, le=1000)] = 10,
+        sku: str,
+        engine: Engine,
+        k: Annotated[int, Query(ge=1, le=1000)] = 10,
         category: Annotated[list[str] | None, Query()] = None,
         attr: Annotated[list[str] | None, Query(description="key=value")] = None,
     ) -> SearchResponse:
         if k > settings.max_k:
             raise InvalidInputError(f"k must be at most {settings.max_k}")
         t0 = time.perf_counter()
-        hits = engine.similar(sku, k=k, filters=_filters(category or [],
-                                                         _parse_attr_params(attr or [])))
+        hits = engine.similar(
+            sku, k=k, filters=_filters(category or [], _parse_attr_params(attr or []))
+        )
         metrics.search_seconds.labels("sku").observe(time.perf_counter() - t0)
-        return SearchResponse(query={"kind": "sku", "sku": sku, "k": k}, count=len(hits),
-                              stale_index=engine.stale,
-                              results=[HitOut(**h.to_dict()) for h in hits])
+        return SearchResponse(
+            query={"kind": "sku", "sku": sku, "k": k},
+            count=len(hits),
+            stale_index=engine.stale,
+            results=[HitOut(**h.to_dict()) for h in hits],
+        )
 
-    @app.get("/v1/products/{sku}/image", tags=["products"], response_class=FileResponse,
-             responses=ERRORS)
+    @app.get(
+        "/v1/products/{sku}/image", tags=["products"], response_class=FileResponse, responses=ERRORS
+    )
     def product_image(sku: str, engine: Engine) -> FileResponse:
         p = engine.catalog.get(sku)
         path = engine.catalog.image_path(p.image_key)
         media = "image/png" if path.suffix == ".png" else "image/jpeg"
-        return FileResponse(path, media_type=media,
-                            headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(
+            path, media_type=media, headers={"Cache-Control": "public, max-age=86400"}
+        )
 
     @app.get("/v1/catalog", tags=["products"], responses=ERRORS)
     def catalog_info(engine: Engine) -> dict[str, Any]:
-        return {"catalog": engine.catalog.name, "products": engine.catalog.count(),
-                "categories": engine.catalog.categories(), "encoder": engine.image_build.encoder}
+        return {
+            "catalog": engine.catalog.name,
+            "products": engine.catalog.count(),
+            "categories": engine.catalog.categories(),
+            "encoder": engine.image_build.encoder,
+        }
 
     return app

@@ -1,0 +1,51 @@
+# shoplens: `make demo` runs the demo, `make test` runs ruff, mypy and pytest.
+# Both set everything up first: .venv, torch, the package, and (demo) the dataset via apt.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup data demo test lint typecheck unit eval clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: this exact pair is on the machine's disk and works with torchvision/timm/open_clip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[adapters,dev]"
+	touch $(STAMP)
+
+data: $(FMNIST)
+
+$(FMNIST):
+	# Debian package of Zalando Fashion-MNIST (MIT); without it shoplens downloads the
+	# official files with sha256 checks.
+	-$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+demo: setup data
+	$(VENV)/bin/shoplens demo $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest $(ARGS)
+
+test: lint typecheck unit
+
+eval: setup data
+	$(VENV)/bin/shoplens eval $(ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

@@ -1,0 +1,167 @@
+"""End to end through the installed CLI and a real HTTP server process.
+
+Generated catalogue -> `shoplens ingest` -> `shoplens index build` (real EfficientNet-Lite0
+and MiniLM weights) -> `shoplens search` finds the right sku -> `shoplens serve` finds it
+over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import write_catalog
+
+SHOPLENS = str(Path(sys.executable).parent / "shoplens")
+
+
+def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SHOPLENS_HOME": str(home)}
+    proc = subprocess.run(
+        [SHOPLENS, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    home = tmp_path_factory.mktemp("e2e-home")
+    manifest = write_catalog(tmp_path_factory.mktemp("e2e-src"))
+    out = json.loads(run(home, "ingest", str(manifest), "--name", "e2e", "--json").stdout)
+    assert out["added"] == 24 and out["rejected"] == []
+    build = json.loads(
+        run(
+            home, "index", "build", "--catalog", "e2e", "--encoder", "effnet-lite0@64", "--json"
+        ).stdout
+    )
+    assert build["image"]["count"] == 24 and build["text"]["encoder"] == "minilm"
+    return home, manifest
+
+
+def test_cli_search_finds_the_right_sku(world: tuple[Path, Path]) -> None:
+    home, manifest = world
+    query = manifest.parent / "img" / "SKU-203.png"
+    res = json.loads(
+        run(home, "search", "--catalog", "e2e", "--image", str(query), "--k", "3", "--json").stdout
+    )
+    assert res["results"][0]["sku"] == "SKU-203"
+    res = json.loads(run(home, "search", "-c", "e2e", "--text", "green triangle", "--json").stdout)
+    assert {h["category"] for h in res["results"][:6]} == {"Green triangle"}
+    res = json.loads(
+        run(
+            home,
+            "search",
+            "-c",
+            "e2e",
+            "--sku",
+            "SKU-300",
+            "-k",
+            "3",
+            "--category",
+            "Yellow stripes",
+            "--json",
+        ).stdout
+    )
+    assert [h["category"] for h in res["results"]] == ["Yellow stripes"] * 3
+    human = run(home, "search", "-c", "e2e", "--text", "red circle").stdout
+    assert "SKU-0" in human and "Red circle" in human
+    dd = json.loads(run(home, "dedupe", "-c", "e2e", "--json").stdout)
+    assert dd["products"] == 24
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("search", "-c", "nope", "--text", "x"), "unknown catalogue"),
+        (("search", "-c", "e2e"), "give --image, --text or --sku"),
+        (("search", "-c", "e2e", "--text", "x", "-k", "0"), "-k"),
+        (("search", "-c", "e2e", "--image", "/no/such.png"), "not found"),
+        (("search", "-c", "e2e", "--sku", "NOPE"), "unknown sku"),
+        (("ingest", "/no/such.csv", "--name", "x"), "not found"),
+        (("ingest", "fashion-mnist", "--name", "../x"), "invalid catalogue name"),
+        (("index", "build", "-c", "e2e", "--factory", "Bogus12"), "factory"),
+        (("index", "build", "-c", "e2e", "--encoder", "nope"), "unknown encoder"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    world: tuple[Path, Path], args: tuple[str, ...], needle: str
+) -> None:
+    home, _ = world
+    proc = run(home, *args, check=False)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert needle.lower() in errors[0].lower()
+    assert "Traceback" not in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(world: tuple[Path, Path]) -> Iterator[str]:
+    home, _ = world
+    port = free_port()
+    env = {**os.environ, "SHOPLENS_HOME": str(home)}
+    proc = subprocess.Popen(
+        [SHOPLENS, "serve", "--catalog", "e2e", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.3)
+        else:
+            pytest.fail("server did not become ready")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_http_finds_the_right_sku(world: tuple[Path, Path], server: str) -> None:
+    _, manifest = world
+    data = (manifest.parent / "img" / "SKU-104.png").read_bytes()
+    r = httpx.post(
+        f"{server}/v1/search",
+        files={"image": ("q.png", data, "image/png")},
+        data={"k": "3"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["sku"] == "SKU-104"
+    r = httpx.post(f"{server}/v1/search", json={"text": "blue square", "k": 3}, timeout=30)
+    assert [h["category"] for h in r.json()["results"]] == ["Blue square"] * 3
+    img = httpx.get(f"{server}{r.json()['results'][0]['image_url']}", timeout=30)
+    assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
+    assert httpx.get(f"{server}/v1/products/NOPE", timeout=30).status_code == 404

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shoplens.serve import ServiceSettings, create_app
+
+from ..conftest import make_product_image
+
+
+@pytest.fixture(scope="module")
+def client(built_catalog: str) -> Iterator[TestClient]:
+    app = create_app(
+        ServiceSettings(catalog=built_catalog, load_in_background=False, max_upload_bytes=200_000)
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def png_bytes(category: str = "Green triangle", seed: int = 201) -> bytes:
+    buf = io.BytesIO()
+    make_product_image(category, seed).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def assert_error(resp: object, status: int, code: str | None = None) -> None:
+    r = resp  # httpx.Response
+    assert r.status_code == status, r.text  # type: ignore[attr-defined]
+    body = r.json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    if code:
+        assert body["error"]["code"] == code
+
+
+def test_health_ready_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["vectors"] == 24
+    spec = client.get("/openapi.json").json()
+    assert {
+        "/v1/search",
+        "/v1/products/{sku}",
+        "/v1/products/{sku}/similar",
+        "/v1/products/{sku}/image",
+    } <= set(spec["paths"])
+    body = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(body)
+
+
+def test_search_by_text_sku_and_image(client: TestClient) -> None:
+    r = client.post("/v1/search", json={"text": "yellow stripes", "k": 3})
+    assert r.status_code == 200
+    assert [h["category"] for h in r.json()["results"]] == ["Yellow stripes"] * 3
+    r = client.post("/v1/search", json={"sku": "SKU-100", "k": 2})
+    assert r.json()["query"]["kind"] == "sku" and "SKU-100" not in [
+        h["sku"] for h in r.json()["results"]
+    ]
+    r = client.post(
+        "/v1/search", files={"image": ("q.png", png_bytes(), "image/png")}, data={"k": "3"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["sku"] == "SKU-201"
+    r = client.post(
+        "/v1/search",
+        files={"image": ("q.png", png_bytes(), "image/png")},
+        data={"k": "5", "category": "Red circle"},
+    )
+    assert {h["category"] for h in r.json()["results"]} == {"Red circle"}
+
+
+def test_products_similar_and_image(client: TestClient) -> None:
+    p = client.get("/v1/products/SKU-001").json()
+    assert p["category"] == "Red circle" and p["attributes"]["size"] == "large"
+    sim = client.get("/v1/products/SKU-001/similar", params={"k": 4}).json()
+    assert sim["count"] == 4 and sim["results"][0]["category"] == "Red circle"
+    img = client.get("/v1/products/SKU-001/image")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+    assert img.content[:8] == b"\x89PNG\r\n\x1a\n"
+    filtered = client.get(
+        "/v1/products/SKU-001/similar", params={"k": 10, "attr": "size=large"}
+    ).json()
+    assert filtered["count"] > 0
+    assert all(h["attributes"]["size"] == "large" for h in filtered["results"])
+
+
+def test_bad_input_gets_json_4xx(client: TestClient) -> None:
+    assert_error(client.get("/v1/products/NOPE"), 404, "not_found")
+    assert_error(client.get("/v1/products/NOPE/similar"), 404, "not_found")
+    assert_error(client.get("/v1/products/SKU-001/similar", params={"k": 0}), 422)
+    assert_error(client.post("/v1/search", json={}), 422, "invalid_input")
+    assert_error(client.post("/v1/search", json={"text": "a", "sku": "b"}), 422)
+    assert_error(client.post("/v1/search", json={"text": "   "}), 422)
+    assert_error(client.post("/v1/search", json={"text": "a", "k": 5000}), 422)
+    assert_error(client.post("/v1/search", json={"text": "a", "bogus": 1}), 422)
+    assert_error(
+        client.post(
+            "/v1/search", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        422,
+    )
+    assert_error(
+        client.post("/v1/search", content=b"x", headers={"content-type": "text/plain"}), 422
+    )
+    assert_error(
+        client.post("/v1/search", files={"image": ("a.jpg", b"plain text", "image/jpeg")}),
+        422,
+        "invalid_image",
+    )
+    truncated = png_bytes()[:70]
+    assert_error(
+        client.post("/v1/search", files={"image": ("a.png", truncated, "image/png")}),
+        422,
+        "invalid_image",
+    )
+    big = b"\x89PNG" + b"0" * 300_000
+    assert_error(client.post("/v1/search", files={"image": ("a.png", big, "image/png")}), 413)
+    assert_error(
+        client.post("/v1/search", files={"other": ("a.png", png_bytes(), "image/png")}), 422
+    )
+    assert_error(client.get("/v1/nope"), 404)
+    # still healthy and answering after all that
+    assert client.post("/v1/search", json={"text": "red circle"}).status_code == 200
+
+
+def test_metrics_count_requests(client: TestClient) -> None:
+    client.post("/v1/search", json={"text": "blue square"})
+    text = client.get("/metrics").text
+    assert 'shoplens_http_requests_total{method="POST",route="/v1/search",status="200"}' in text
+    assert "shoplens_search_seconds_bucket" in text
+    assert "shoplens_index_vectors 24.0" in text and "shoplens_ready 1.0" in text
+
+
+def test_unknown_catalogue_is_not_ready(session_home: object) -> None:
+    app = create_app(ServiceSettings(catalog="does-not-exist", load_in_background=False))
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "unknown catalogue" in r.json()["error"]["message"]
+        assert_error(c.post("/v1/search", json={"text": "x"}), 503, "not_ready")

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoplens.errors import InvalidInputError
+from shoplens.index import ExactIndex, FaissIndex, load_index, make_index
+from shoplens.index.base import default_factory
+
+
+def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def recall_at_k(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(np.mean([len(set(r) & set(g)) / len(r) for r, g in zip(ref, got, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = unit_vectors(3000, 32)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 5  # labels are not positions
+    return x, ids, unit_vectors(40, 32, seed=1)
+
+
+def test_exact_matches_brute_force(data: tuple[np.ndarray, ...]) -> None:
+    x, ids, q = data
+    idx = ExactIndex(32)
+    idx.add(ids, x)
+    scores, got = idx.search(q, 5)
+    brute = np.argsort(-(q @ x.T), axis=1)[:, :5]
+    assert (got == ids[brute]).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, brute, 1), rtol=1e-5)
+
+
+def test_faiss_flat_equals_exact(data: tuple[np.ndarray, ...]) -> None:
+    x, ids, q = data
+    exact, flat = make_index(32, "exact"), make_index(32, "Flat")
+    exact.add(ids, x)
+    flat.add(ids, x)
+    assert (exact.search(q, 10)[1] == flat.search(q, 10)[1]).all()
+
+
+@pytest.mark.parametrize(
+    "factory,min_recall", [("HNSW32", 0.95), ("IVF16,Flat", 0.9), ("IVF16,PQ8", 0.3)]
+)
+def test_ann_recall_against_exact(
+    data: tuple[np.ndarray, ...], factory: str, min_recall: float
+) -> None:
+    x, ids, q = data
+    exact, ann = make_index(32, "exact"), make_index(32, factory)
+    exact.add(ids, x)
+    ann.add(ids, x)
+    r = recall_at_k(exact.search(q, 10)[1], ann.search(q, 10)[1])
+    assert r >= min_recall, f"{factory} recall@10 {r:.3f}"
+
+
+@pytest.mark.parametrize("factory", ["exact", "Flat", "HNSW32"])
+def test_filtered_search_only_returns_allowed(data: tuple[np.ndarray, ...], factory: str) -> None:
+    x, ids, q = data
+    idx = make_index(32, factory)
+    idx.add(ids, x)
+    allowed = ids[::9]
+    _scores, got = idx.search(q, 10, allowed)
+    assert np.isin(got, allowed).all()
+    ref = make_index(32, "exact")
+    ref.add(ids, x)
+    assert recall_at_k(ref.search(q, 10, allowed)[1], got) >= 0.95
+    none_scores, none_ids = idx.search(q[:1], 3, np.array([ids[0]]))
+    assert none_ids[0, 0] == ids[0] and (none_ids[0, 1:] == -1).all()
+    assert np.isneginf(none_scores[0, 1:]).all()
+
+
+@pytest.mark.parametrize("factory", ["exact", "Flat", "HNSW32"])
+def test_save_load_roundtrip(tmp_path: Path, data: tuple[np.ndarray, ...], factory: str) -> None:
+    x, ids, q = data
+    idx = make_index(32, factory)
+    idx.add(ids, x)
+    idx.save(tmp_path / "ix")
+    again = load_index(tmp_path / "ix")
+    assert again.ntotal == 3000
+    assert (again.search(q, 10)[1] == idx.search(q, 10)[1]).all()
+
+
+def test_k_larger_than_index_pads() -> None:
+    idx = FaissIndex(4)
+    idx.add(np.array([1, 2]), unit_vectors(2, 4))
+    _scores, ids = idx.search(unit_vectors(1, 4), 5)
+    assert ids.shape == (1, 5) and set(ids[0, :2]) == {1, 2} and (ids[0, 2:] == -1).all()
+
+
+def test_bad_input_is_rejected() -> None:
+    with pytest.raises(InvalidInputError, match="factory"):
+        FaissIndex(8, "NotAnIndex99")
+    idx = ExactIndex(8)
+    with pytest.raises(InvalidInputError, match="shape"):
+        idx.add(np.array([1]), np.ones((1, 4), dtype=np.float32))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        idx.add(np.array([1]), np.full((1, 8), np.nan, dtype=np.float32))
+
+
+def test_default_factory_switches_to_hnsw() -> None:
+    assert default_factory(1000) == "Flat"
+    assert default_factory(5_000_000).startswith("HNSW")
+
+
+def test_selector_path_for_broad_filters(
+    data: tuple[np.ndarray, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Broad filters go through the FAISS selector (not the exact subset path)."""
+    import shoplens.index.faiss_index as fi
+
+    x, ids, q = data
+    monkeypatch.setattr(fi, "BRUTE_FORCE_MAX", 0)
+    idx = make_index(32, "HNSW32")
+    idx.add(ids, x)
+    allowed = ids[::2]
+    assert len(allowed) > idx.ntotal // 20
+    got = idx.search(q, 10, allowed)[1]
+    assert np.isin(got, allowed).all()
+    ref = make_index(32, "exact")
+    ref.add(ids, x)
+    assert recall_at_k(ref.search(q, 10, allowed)[1], got) >= 0.9
