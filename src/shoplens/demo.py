@@ -6,6 +6,7 @@ catalogue changed), so the service is up within a minute.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,8 @@ def results_grid(
             grid.paste(qimg.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (8, y))
         else:
             draw.rectangle((8, y, 8 + cell, y + cell), outline="black")
+            for n, line in enumerate(textwrap.wrap(label, 14)[:5]):
+                draw.text((12, y + 6 + 14 * n), line, fill="black")
         draw.text((10, y + cell + 2), label[:16], fill="black")
         draw.text((10, y + cell + 14), "query", fill="#444444")
         for c, hit in enumerate(hits, start=1):
