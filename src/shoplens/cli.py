@@ -177,6 +177,10 @@ def search(
     ] = None,
     encoder: EncoderOpt = None,
     dedupe: Annotated[bool, typer.Option(help="Collapse identical images.")] = True,
+    text_weight: Annotated[
+        float, typer.Option(min=0, max=10, help="Weight of the text signal in image + text.")
+    ] = 1.0,
+    image_weight: Annotated[float, typer.Option(min=0, max=10)] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Search by image, text, image + text, or sku."""
@@ -194,6 +198,8 @@ def search(
         k=k,
         filters=Filters(category or [], _parse_attrs(attr)),
         dedupe=dedupe,
+        text_weight=text_weight,
+        image_weight=image_weight,
     )
     payload = {
         "catalog": catalog,

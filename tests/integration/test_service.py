@@ -140,3 +140,25 @@ def test_unknown_catalogue_is_not_ready(session_home: object) -> None:
         r = c.get("/readyz")
         assert r.status_code == 503 and "unknown catalogue" in r.json()["error"]["message"]
         assert_error(c.post("/v1/search", json={"text": "x"}), 503, "not_ready")
+
+
+def test_image_plus_text_with_weights(client: TestClient) -> None:
+    def cats(text_weight: str) -> list[str]:
+        r = client.post(
+            "/v1/search",
+            files={"image": ("q.png", png_bytes(), "image/png")},
+            data={"text": "yellow stripes", "k": "10", "text_weight": text_weight},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["query"]["kind"] == "image+text"
+        return [h["category"] for h in r.json()["results"]]
+
+    heavy_text, no_text = cats("10"), cats("0")
+    assert heavy_text[0] == "Yellow stripes"
+    assert "Yellow stripes" not in no_text[:6] and no_text[0] == "Green triangle"
+    bad = client.post(
+        "/v1/search",
+        files={"image": ("q.png", png_bytes(), "image/png")},
+        data={"text": "x", "text_weight": "99"},
+    )
+    assert_error(bad, 422, "invalid_input")

@@ -211,7 +211,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if len(data) > limit:
                 raise PayloadTooLargeError(f"image upload over {limit} bytes")
             fields: dict[str, Any] = {}
-            for key in ("text", "k", "dedupe"):
+            for key in ("text", "k", "dedupe", "text_weight", "image_weight"):
                 if isinstance(form.get(key), str) and form.get(key) != "":
                     fields[key] = form.get(key)
             fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str) and c]
@@ -247,6 +247,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                             "properties": {
                                 "image": {"type": "string", "format": "binary"},
                                 "text": {"type": "string"},
+                                "text_weight": {"type": "number"},
+                                "image_weight": {"type": "number"},
                                 "k": {"type": "integer"},
                                 "category": {"type": "array", "items": {"type": "string"}},
                                 "attr": {"type": "array", "items": {"type": "string"}},
@@ -287,6 +289,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 k=req.k,
                 filters=_filters(req.categories, req.attributes),
                 dedupe=req.dedupe,
+                text_weight=req.text_weight,
+                image_weight=req.image_weight,
             )
             metrics.search_seconds.labels(kind).observe(time.perf_counter() - t0)
             return hits, kind

@@ -16,6 +16,13 @@ class SearchRequest(BaseModel):
     categories: list[str] = Field(default_factory=list, max_length=50)
     attributes: dict[str, str] = Field(default_factory=dict)
     dedupe: bool = True
+    text_weight: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="Weight of the text signal when an image and a text are given together.",
+    )
+    image_weight: float = Field(1.0, ge=0, le=10)
 
 
 class HitOut(BaseModel):
