@@ -16,11 +16,10 @@ from PIL import Image
 
 from shoplens.adapters.open_clip_adapter import describe_error
 from shoplens.errors import InvalidInputError, NotFoundError
-from shoplens.models.base import Encoder, Modality, l2_normalize
+from shoplens.models.base import Encoder, Modality
 from shoplens.models.encoders import (
-    batched,
-    check_texts,
-    dedupe,
+    encode_in_batches,
+    encode_texts_once,
     quiet_hf_progress,
     set_offline_env,
     to_rgb,
@@ -124,42 +123,31 @@ class HFClipEncoder(Encoder):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed images -> (N, dim) float32, L2-normalised."""
-        images = list(images)
-        out = []
-        with self._torch.inference_mode():
-            for chunk in batched(images, self.batch_size):
-                batch = self.image_processor(
-                    images=[to_rgb(im) for im in chunk], return_tensors="pt"
-                )
-                pixels = batch["pixel_values"].float()  # (B, 3, H, W)
-                feats = features_tensor(self.model.get_image_features(pixel_values=pixels))
-                out.append(feats.float().numpy())  # (B, D)
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+
+        def encode(chunk: Sequence[Image.Image]) -> Any:
+            batch = self.image_processor(images=[to_rgb(im) for im in chunk], return_tensors="pt")
+            pixels = batch["pixel_values"].float()  # (B, 3, H, W)
+            return features_tensor(self.model.get_image_features(pixel_values=pixels))  # (B, D)
+
+        return encode_in_batches(list(images), self.batch_size, getattr(self, "dim", 0), encode)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts -> (N, dim) float32, L2-normalised."""
-        items = check_texts(texts)
-        if not items:
-            return np.zeros((0, self.dim), np.float32)
-        unique, idx = dedupe(items)
-        out = []
-        with self._torch.inference_mode():
-            for chunk in batched(unique, self.batch_size):
-                tok = self.tokenizer(
-                    list(chunk),
-                    padding=self.padding,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                kwargs = {"input_ids": tok["input_ids"]}  # (B, L)
-                if "attention_mask" in tok:
-                    kwargs["attention_mask"] = tok["attention_mask"]
-                feats = features_tensor(self.model.get_text_features(**kwargs))
-                out.append(feats.float().numpy())  # (B, D)
-        return l2_normalize(np.concatenate(out)[idx])
+
+        def encode(chunk: list[str]) -> Any:
+            tok = self.tokenizer(
+                chunk,
+                padding=self.padding,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            kwargs = {"input_ids": tok["input_ids"]}  # (B, L)
+            if "attention_mask" in tok:
+                kwargs["attention_mask"] = tok["attention_mask"]
+            return features_tensor(self.model.get_text_features(**kwargs))  # (B, D)
+
+        return encode_texts_once(texts, self.batch_size, self.dim, encode)
 
 
 @register_adapter(PREFIX)

@@ -24,8 +24,13 @@ import numpy as np
 from PIL import Image
 
 from shoplens.errors import InvalidInputError, NotFoundError
-from shoplens.models.base import Encoder, Modality, l2_normalize
-from shoplens.models.encoders import batched, check_texts, dedupe, set_offline_env, to_rgb
+from shoplens.models.base import Encoder, Modality
+from shoplens.models.encoders import (
+    encode_in_batches,
+    encode_texts_once,
+    set_offline_env,
+    to_rgb,
+)
 from shoplens.registry import register_adapter
 
 PREFIX = "open_clip"
@@ -111,28 +116,21 @@ class OpenClipEncoder(Encoder):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed images -> (N, dim) float32, L2-normalised."""
-        images = list(images)
-        out = []
-        with self._torch.inference_mode():
-            for chunk in batched(images, self.batch_size):
-                x = self._torch.stack([self.preprocess(to_rgb(im)) for im in chunk])  # (B,3,H,W)
-                out.append(self.model.encode_image(x).float().numpy())  # (B, D)
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+
+        def encode(chunk: Sequence[Image.Image]) -> Any:
+            x = self._torch.stack([self.preprocess(to_rgb(im)) for im in chunk])  # (B,3,H,W)
+            return self.model.encode_image(x)  # (B, D)
+
+        return encode_in_batches(list(images), self.batch_size, getattr(self, "dim", 0), encode)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts -> (N, dim) float32, L2-normalised."""
-        items = check_texts(texts)
-        if not items:
-            return np.zeros((0, self.dim), np.float32)
-        unique, idx = dedupe(items)
-        out = []
-        with self._torch.inference_mode():
-            for chunk in batched(unique, self.batch_size):
-                tokens = self.tokenizer(list(chunk))  # (B, context_length)
-                out.append(self.model.encode_text(tokens).float().numpy())  # (B, D)
-        return l2_normalize(np.concatenate(out)[idx])
+
+        def encode(chunk: list[str]) -> Any:
+            tokens = self.tokenizer(chunk)  # (B, context_length)
+            return self.model.encode_text(tokens)  # (B, D)
+
+        return encode_texts_once(texts, self.batch_size, self.dim, encode)
 
 
 def describe_error(e: BaseException) -> str:

@@ -17,8 +17,8 @@ from PIL import Image
 
 from shoplens.adapters.open_clip_adapter import describe_error
 from shoplens.errors import InvalidInputError, NotFoundError
-from shoplens.models.base import Encoder, Modality, l2_normalize
-from shoplens.models.encoders import batched, to_rgb
+from shoplens.models.base import Encoder, Modality
+from shoplens.models.encoders import encode_in_batches, to_rgb
 from shoplens.registry import register_adapter
 
 PREFIX = "timm"
@@ -125,16 +125,13 @@ class TimmEncoder(Encoder):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed images -> (N, dim) float32, L2-normalised."""
-        images = list(images)
-        out = []
-        with self._torch.inference_mode():
-            for chunk in batched(images, self.batch_size):
-                x = self._torch.stack([self.transform(to_rgb(im)) for im in chunk])  # (B,3,H,W)
-                feats = self.model(x)  # (B, D) pooled, num_classes=0
-                out.append(feats.reshape(feats.shape[0], -1).float().numpy())
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+
+        def encode(chunk: Sequence[Image.Image]) -> Any:
+            x = self._torch.stack([self.transform(to_rgb(im)) for im in chunk])  # (B,3,H,W)
+            feats = self.model(x)  # (B, D) pooled, num_classes=0
+            return feats.reshape(feats.shape[0], -1)
+
+        return encode_in_batches(list(images), self.batch_size, getattr(self, "dim", 0), encode)
 
 
 @register_adapter(PREFIX)

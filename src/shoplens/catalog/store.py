@@ -236,44 +236,23 @@ class Catalog:
                 "WHERE sku = ?",
                 (r.sku,),
             ).fetchone()
+            values = (r.title, r.category, attrs, r.image_key, r.image_source, r.phash,
+                      r.width, r.height)  # fmt: skip
             if old is None:
                 conn.execute(
-                    "INSERT INTO products (sku, title, category, attributes, image_key, "
-                    "image_source, phash, width, height, created_at, updated_at) "
+                    "INSERT INTO products (title, category, attributes, image_key, image_source, "
+                    "phash, width, height, sku, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        r.sku,
-                        r.title,
-                        r.category,
-                        attrs,
-                        r.image_key,
-                        r.image_source,
-                        r.phash,
-                        r.width,
-                        r.height,
-                        now,
-                        now,
-                    ),
+                    (*values, r.sku, now, now),
                 )
                 added += 1
-            elif tuple(old) == (r.title, r.category, attrs, r.image_key, r.image_source):
+            elif tuple(old) == values[:5]:
                 unchanged += 1
             else:
                 conn.execute(
                     "UPDATE products SET title=?, category=?, attributes=?, image_key=?, "
                     "image_source=?, phash=?, width=?, height=?, updated_at=? WHERE sku=?",
-                    (
-                        r.title,
-                        r.category,
-                        attrs,
-                        r.image_key,
-                        r.image_source,
-                        r.phash,
-                        r.width,
-                        r.height,
-                        now,
-                        r.sku,
-                    ),
+                    (*values, now, r.sku),
                 )
                 updated += 1
         return UpsertCounts(added, updated, unchanged)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,31 @@ def default_image_encoder(catalog: Catalog) -> str:
     return catalog.get_meta("default_encoder") or DEFAULT_IMAGE_ENCODER
 
 
+def _embed_and_write(
+    catalog: Catalog,
+    name: str,
+    products: list[Product],
+    keys: list[str],
+    encode: Callable[[list[Product]], np.ndarray],
+    *,
+    batch_size: int,
+    factory: str | None,
+    meta: dict[str, Any],
+    extra_writer: Callable[[Path], None] | None = None,
+) -> IndexBuild:
+    """Embed products (reusing the previous build's vectors by key) and write a new build."""
+    with progress.task(f"embed {meta['kind']}s ({meta['encoder']})", len(products)) as advance:
+        emb = embed_products(
+            products, keys, encode, _previous_cache(catalog, name), batch_size=batch_size,
+            advance=advance,
+        )  # fmt: skip
+    ids = np.array([p.id for p in products], dtype=np.int64)
+    return write_build(
+        catalog, name, ids=ids, keys=keys, embeddings=emb, factory=factory, extra_meta=meta,
+        extra_writer=extra_writer,
+    )  # fmt: skip
+
+
 def build_image_index(
     catalog: Catalog, encoder_spec: str | None = None, factory: str | None = None
 ) -> IndexBuild:
@@ -42,30 +68,15 @@ def build_image_index(
     if factory is not None:
         make_index(encoder.dim, factory)  # fail on a bad factory string before embedding
     products = list(catalog.iter_products())
-    keys = [p.image_key for p in products]
 
     def encode(batch: list[Product]) -> np.ndarray:
         return encoder.encode_images([catalog.load_image(p) for p in batch])
 
-    with progress.task(f"embed images ({spec})", len(products)) as advance:
-        emb = embed_products(
-            products,
-            keys,
-            encode,
-            _previous_cache(catalog, spec),
-            batch_size=max(16, encoder.batch_size),
-            advance=advance,
-        )
-    ids = np.array([p.id for p in products], dtype=np.int64)
-    build = write_build(
-        catalog,
-        spec,
-        ids=ids,
-        keys=keys,
-        embeddings=emb,
-        factory=factory,
-        extra_meta={"encoder": spec, "kind": "image", "modalities": sorted(encoder.modalities)},
-    )
+    build = _embed_and_write(
+        catalog, spec, products, [p.image_key for p in products], encode,
+        batch_size=max(16, encoder.batch_size), factory=factory,
+        meta={"encoder": spec, "kind": "image", "modalities": sorted(encoder.modalities)},
+    )  # fmt: skip
     catalog.set_meta("default_encoder", spec)
     return build
 
@@ -95,31 +106,15 @@ def build_text_index(
     name = text_index_name(text_encoder)
     products = list(catalog.iter_products())
     texts = [p.text for p in products]
-    keys = [text_key(t) for t in texts]
 
     def encode(batch: list[Product]) -> np.ndarray:
         return encoder.encode_texts([p.text for p in batch])
 
-    with progress.task(f"embed texts ({text_encoder})", len(products)) as advance:
-        emb = embed_products(
-            products,
-            keys,
-            encode,
-            _previous_cache(catalog, name),
-            batch_size=256,
-            advance=advance,
-        )
-    ids = np.array([p.id for p in products], dtype=np.int64)
-    build = write_build(
-        catalog,
-        name,
-        ids=ids,
-        keys=keys,
-        embeddings=emb,
-        factory=factory,
-        extra_meta={"encoder": text_encoder, "kind": "text"},
+    build = _embed_and_write(
+        catalog, name, products, [text_key(t) for t in texts], encode,
+        batch_size=256, factory=factory, meta={"encoder": text_encoder, "kind": "text"},
         extra_writer=_write_bm25(texts),
-    )
+    )  # fmt: skip
     catalog.set_meta("text_encoder", text_encoder)
     return build
 

@@ -12,9 +12,9 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -105,6 +105,39 @@ def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def encode_in_batches(
+    items: Sequence[T], batch_size: int, dim: int, fn: Callable[[Sequence[T]], Any]
+) -> np.ndarray:
+    """Run ``fn`` (chunk -> (B, D) tensor or array) chunk by chunk without autograd.
+
+    Returns (N, D) float32, L2-normalised; (0, dim) for no items.
+    """
+    import torch
+
+    if not items:
+        return np.zeros((0, dim), np.float32)
+    with torch.inference_mode():
+        out = [_numpy(fn(chunk)) for chunk in batched(items, batch_size)]
+    return l2_normalize(np.concatenate(out))
+
+
+def encode_texts_once(
+    texts: Sequence[str], batch_size: int, dim: int, fn: Callable[[list[str]], Any]
+) -> np.ndarray:
+    """Validate texts, encode each distinct text once, scatter back. Returns (N, D)."""
+    items = check_texts(texts)
+    if not items:
+        return np.zeros((0, dim), np.float32)
+    unique, idx = dedupe(items)
+    return encode_in_batches(unique, batch_size, dim, lambda chunk: fn(list(chunk)))[idx]
+
+
 def _check_size(name: str, image_size: int) -> int:
     if not isinstance(image_size, int) or image_size < 8:
         raise InvalidInputError(f"{name}: image_size must be an int >= 8, got {image_size!r}")
@@ -174,15 +207,12 @@ class EffNetLite0Encoder(Encoder):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed images -> (N, 1280) float32, L2-normalised."""
-        images = list(images)
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        out = []
-        with self._torch.inference_mode():
-            for chunk in batched(images, self.batch_size):
-                feats = self.model.extract_features(self._preprocess(chunk))  # (B, 1280, h, w)
-                out.append(feats.mean(dim=(2, 3)).float().numpy())  # (B, 1280)
-        return l2_normalize(np.concatenate(out))
+
+        def pooled(chunk: Sequence[Image.Image]) -> Any:
+            feats = self.model.extract_features(self._preprocess(chunk))  # (B, 1280, h, w)
+            return feats.mean(dim=(2, 3))  # (B, 1280)
+
+        return encode_in_batches(list(images), self.batch_size, self.dim, pooled)
 
 
 class PixelsEncoder(Encoder):
