@@ -33,8 +33,8 @@ demo: setup data
 	$(VENV)/bin/shoplens demo $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
+	$(VENV)/bin/ruff format --check src tests $(wildcard benchmarks)
 
 typecheck: setup
 	$(VENV)/bin/mypy
