@@ -17,22 +17,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from shoplens.catalog.store import Catalog, list_catalogs
 from shoplens.config import shoplens_home
-from shoplens.errors import NotReadyError
 from shoplens.index.build import build_image_index, build_text_index, text_index_name
-from shoplens.index.store import load_build
+from shoplens.index.store import is_fresh
 from shoplens.search.engine import Hit, SearchEngine
 
 DEMO_CATALOG = "fashion-mnist"
 DEMO_ENCODER = "effnet-lite0@64"  # 28 px photos: 64 px input keeps 70k images ~2.5 min on 2 cores
 FULL_SIZE = 70_000
-
-
-def _fresh(catalog: Catalog, name: str) -> bool:
-    try:
-        build = load_build(catalog, name)
-    except NotReadyError:
-        return False
-    return bool(build.meta.get("catalog_version") == catalog.version())
 
 
 def customer_photo(img: Image.Image, seed: int = 0) -> Image.Image:
@@ -94,12 +85,12 @@ def run_demo(
         ingest_fashion_mnist(name, limit=limit)
     timings["ingest"] = time.time() - t0
     catalog = Catalog.open(name)
-    if not _fresh(catalog, DEMO_ENCODER):
+    if not is_fresh(catalog, DEMO_ENCODER):
         say(f"embedding images with {DEMO_ENCODER} (ImageNet EfficientNet-Lite0) ...")
         build_image_index(catalog, DEMO_ENCODER)
     catalog.set_meta("default_encoder", DEMO_ENCODER)
     timings["image_index"] = time.time() - t0 - sum(timings.values())
-    if not _fresh(catalog, text_index_name("minilm")):
+    if not is_fresh(catalog, text_index_name("minilm")):
         say("embedding product texts with all-MiniLM-L6-v2 and building BM25 ...")
         build_text_index(catalog, "minilm")
     timings["text_index"] = time.time() - t0 - sum(timings.values())

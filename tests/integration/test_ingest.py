@@ -179,7 +179,7 @@ def test_fashion_mnist_ingest_from_a_generated_copy(
     cat = Catalog.open("fm")
     p = cat.get("fm-test-00003")
     assert p.category == "Dress" and p.attributes["split"] == "test"
-    assert p.title == "Dress, Fashion-MNIST test #3"
+    assert p.title == "Dress (Fashion-MNIST test photo)"
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(_idx_gz(np.zeros(6)))
     with pytest.raises(InvalidInputError, match="sha256"):
         fm.load_fashion_mnist("train", tmp_path)

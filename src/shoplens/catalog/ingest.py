@@ -218,8 +218,10 @@ def ingest_fashion_mnist(
 ) -> IngestReport:
     """Ingest all 70,000 Fashion-MNIST products (train then test; split kept as attribute).
 
-    sku ``fm-train-00042`` / ``fm-test-00042``, title ``"Ankle boot, Fashion-MNIST train
-    #42"``, category the class name. ``limit`` keeps the first N of each split (tests).
+    sku ``fm-train-00042`` / ``fm-test-00042`` (split and index: stable), title ``"Ankle boot
+    (Fashion-MNIST train photo)"``, category the class name. The sku, not the title, tells
+    products apart, so MiniLM embeds 20 distinct texts, not 70,000.
+    ``limit`` keeps the first N of each split (tests).
     """
     from shoplens.data.fashion_mnist import CLASSES, load_fashion_mnist
 
@@ -238,7 +240,7 @@ def ingest_fashion_mnist(
                 records.append(
                     ProductRecord(
                         sku=f"fm-{ds.split}-{i:05d}",
-                        title=f"{CLASSES[label]}, Fashion-MNIST {ds.split} #{i}",
+                        title=f"{CLASSES[label]} (Fashion-MNIST {ds.split} photo)",
                         category=CLASSES[label],
                         image_key=key,
                         attributes={"split": ds.split, "source": "fashion-mnist"},

@@ -92,6 +92,18 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+def read_meta(catalog: Catalog, name: str) -> dict[str, Any] | None:
+    """Metadata of the current build of index ``name`` without loading it (None if absent)."""
+    meta = index_root(catalog, name) / "current" / "meta.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def is_fresh(catalog: Catalog, name: str) -> bool:
+    """True when index ``name`` exists and was built from the catalogue as it is now."""
+    meta = read_meta(catalog, name)
+    return meta is not None and meta.get("catalog_version") == catalog.version()
+
+
 def load_build(catalog: Catalog, name: str) -> IndexBuild:
     """Load the current build of index ``name`` (an encoder spec or ``text-...``)."""
     current = index_root(catalog, name) / "current"
@@ -117,8 +129,9 @@ def list_builds(catalog: Catalog) -> list[dict[str, Any]]:
     out = []
     root = catalog.root / "indexes"
     for d in sorted(root.iterdir()) if root.is_dir() else []:
-        if (d / "current").exists():
-            out.append(json.loads(((d / "current").resolve() / "meta.json").read_text()))
+        meta = d / "current" / "meta.json"
+        if meta.is_file():
+            out.append(json.loads(meta.read_text()))
     return out
 
 

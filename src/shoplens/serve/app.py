@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -311,7 +312,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.get("/v1/products/{sku}", response_model=ProductOut, tags=["products"], responses=ERRORS)
     def product(sku: str, engine: Engine) -> ProductOut:
         p = engine.catalog.get(sku)
-        return ProductOut(**p.to_dict(), image_url=f"/v1/products/{sku}/image")
+        return ProductOut(**p.to_dict(), image_url=f"/v1/products/{quote(sku, safe='')}/image")
 
     @app.get(
         "/v1/products/{sku}/similar",
