@@ -15,6 +15,7 @@ import typer
 
 from shoplens import progress
 from shoplens.errors import InvalidInputError, ShoplensError
+from shoplens.eval.cli import eval_command
 
 app = typer.Typer(
     name="shoplens",
@@ -292,6 +293,9 @@ def demo(
         _emit(True, summary, "")
     if serve_:
         serve(catalog=summary["catalog"], host=host, port=port, encoder=None)
+
+
+app.command("eval")(eval_command)
 
 
 @app.command("catalogs")
