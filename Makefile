@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data demo test lint typecheck unit eval clean
+.PHONY: setup data browser demo test lint typecheck unit eval screenshots clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,17 @@ $(FMNIST):
 	# official files with sha256 checks.
 	-$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 
+# Browser tests: Debian's Chromium (Playwright cannot download browsers here) and axe-core
+# from npm.
+browser: node_modules/axe-core/axe.min.js /usr/bin/chromium
+
+/usr/bin/chromium:
+	$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+node_modules/axe-core/axe.min.js: package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
 demo: setup data
 	$(VENV)/bin/shoplens demo $(ARGS)
 
@@ -39,13 +50,16 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-unit: setup
+unit: setup browser
 	$(VENV)/bin/pytest $(ARGS)
 
 test: lint typecheck unit
 
 eval: setup data
 	$(VENV)/bin/shoplens eval $(ARGS)
+
+screenshots: setup browser
+	$(PY) -m shoplens.serve.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

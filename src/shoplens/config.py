@@ -6,6 +6,8 @@ All state lives under ``SHOPLENS_HOME`` (default ``~/.shoplens``)::
     catalogs/NAME/images/ab/abcd.png  normalised images, content addressed
     catalogs/NAME/indexes/...         embeddings and ANN indexes
     cache/                            downloaded datasets
+    runs/RUN_ID/                      training runs: resolved config, checkpoints, metrics
+    mlflow.db, mlartifacts/           MLflow tracking (SQLite backend) and its artefacts
 """
 
 from __future__ import annotations
@@ -27,6 +29,26 @@ def shoplens_home() -> Path:
 def cache_dir() -> Path:
     """Folder for downloaded data (datasets fetched from their official URLs)."""
     return shoplens_home() / "cache"
+
+
+def runs_dir() -> Path:
+    """Folder of training runs (one sub-folder per run id)."""
+    return shoplens_home() / "runs"
+
+
+def tracking_uri() -> str:
+    """MLflow tracking URI: ``$SHOPLENS_TRACKING_URI`` or SQLite under ``SHOPLENS_HOME``."""
+    uri = os.environ.get("SHOPLENS_TRACKING_URI")
+    if uri:
+        return uri
+    home = shoplens_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def artifact_root() -> str:
+    """Where MLflow stores run artefacts when the backend is the default SQLite file."""
+    return (shoplens_home() / "mlartifacts").resolve().as_uri()
 
 
 def check_name(name: str, what: str = "catalogue name") -> str:
