@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
 import pytest
@@ -8,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from shoplens.serve import ServiceSettings, create_app
 
-from ..conftest import make_product_image
+from ..helpers import assert_error, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -18,21 +17,6 @@ def client(built_catalog: str) -> Iterator[TestClient]:
     )
     with TestClient(app) as c:
         yield c
-
-
-def png_bytes(category: str = "Green triangle", seed: int = 201) -> bytes:
-    buf = io.BytesIO()
-    make_product_image(category, seed).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def assert_error(resp: object, status: int, code: str | None = None) -> None:
-    r = resp  # httpx.Response
-    assert r.status_code == status, r.text  # type: ignore[attr-defined]
-    body = r.json()  # type: ignore[attr-defined]
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    if code:
-        assert body["error"]["code"] == code
 
 
 def test_health_ready_and_openapi(client: TestClient) -> None:

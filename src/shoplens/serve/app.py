@@ -105,30 +105,38 @@ def _validation_message(errors: list[Any]) -> str:
 
 
 def _install_handlers(app: FastAPI) -> None:
+    from shoplens.serve.ui import error_page, is_ui_request  # ui.py builds on this module
+
+    def respond(request: Request, status: int, code: str, message: str) -> Response:
+        """HTML error page on web UI paths, JSON error body on the API."""
+        if is_ui_request(request):
+            return error_page(request, status, message)
+        return _error(status, code, message)
+
     @app.exception_handler(ShoplensError)
-    async def shoplens_error(_: Request, exc: ShoplensError) -> JSONResponse:
-        return _error(exc.http_status, exc.code, exc.message)
+    async def shoplens_error(request: Request, exc: ShoplensError) -> Response:
+        return respond(request, exc.http_status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_input", _validation_message(list(exc.errors())))
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return respond(request, 422, "invalid_input", _validation_message(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return respond(request, exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal", "internal server error")
+        return respond(request, 500, "internal", "internal server error")
 
 
 def _filters(categories: list[str], attributes: dict[str, str]) -> Filters:
     return Filters(categories=list(categories), attributes=dict(attributes))
 
 
-def _parse_attr_params(values: list[str]) -> dict[str, str]:
+def parse_attr_params(values: list[str]) -> dict[str, str]:
     out = {}
     for v in values:
         key, sep, val = v.partition("=")
@@ -216,7 +224,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 if isinstance(form.get(key), str) and form.get(key) != "":
                     fields[key] = form.get(key)
             fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str) and c]
-            fields["attributes"] = _parse_attr_params(
+            fields["attributes"] = parse_attr_params(
                 [a for a in form.getlist("attr") if isinstance(a, str) and a]
             )
             try:
@@ -331,7 +339,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise InvalidInputError(f"k must be at most {settings.max_k}")
         t0 = time.perf_counter()
         hits = engine.similar(
-            sku, k=k, filters=_filters(category or [], _parse_attr_params(attr or []))
+            sku, k=k, filters=_filters(category or [], parse_attr_params(attr or []))
         )
         metrics.search_seconds.labels("sku").observe(time.perf_counter() - t0)
         return SearchResponse(
@@ -361,4 +369,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "encoder": engine.image_build.encoder,
         }
 
+    from shoplens.serve.ui import install_ui  # ui.py builds on this module
+
+    install_ui(app)  # web pages and /static, after the API routes
     return app
