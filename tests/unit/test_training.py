@@ -1,0 +1,312 @@
+"""The training loop: schedules, accumulation, EMA, exact resume, NaN handling, contracts."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from shoplens.config import load_config
+from shoplens.errors import InvalidInputError
+from shoplens.training import TrainConfig, TrainingError, fit, load_model_weights
+from shoplens.training.checkpoint import load_checkpoint
+from shoplens.training.distributed_demo import (
+    DemoData,
+    TinyRegressor,
+    build_model,
+    make_datasets,
+    mse_eval,
+)
+from shoplens.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+
+torch.set_num_threads(1)
+
+DATA = DemoData(samples=64, dim=4, hidden=8)
+
+
+def quick(**kw: Any) -> TrainConfig:
+    """A test config: no weight decay or clipping, a high lr, metrics every step."""
+    return TrainConfig(**{"weight_decay": 0.0, "grad_clip": None, "log_every": 1, "lr": 0.05, **kw})
+
+
+class Linear(nn.Module):
+    """y = x @ w + b with an MSE training step."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(dim, 1)
+
+    def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        x, y = batch  # (B, D), (B,)
+        return {"loss": F.mse_loss(self.fc(x).squeeze(-1), y)}
+
+
+class NoisyDataset(Dataset[tuple[Tensor, Tensor]]):
+    """Adds noise drawn from numpy, random and torch: resume must restore all three."""
+
+    def __init__(self, base: TensorDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x, y = self.base[i]
+        jitter = float(np.random.normal(0, 0.05)) + random.uniform(-0.05, 0.05)
+        return x + 0.05 * torch.randn_like(x) + jitter, y
+
+
+def weights(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_equal_weights(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- schedules and optimizer ------------------------------------------------------------
+
+
+def lrs(cfg: TrainConfig, total: int) -> list[float]:
+    opt = build_optimizer(nn.Linear(2, 2), cfg)
+    sched = build_scheduler(opt, cfg, total)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min() -> None:
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1, schedule="cosine")
+    got = lrs(cfg, 20)
+    assert got[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert got[4] == pytest.approx(1.0)
+    assert all(a > b for a, b in itertools.pairwise(got[4:]))  # strictly decreasing
+    assert got[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 15 / 16)))
+    assert lr_factor(20, total=20, warmup=4, min_ratio=0.1, schedule="cosine") == pytest.approx(0.1)
+
+
+def test_constant_and_onecycle_shapes() -> None:
+    const = lrs(TrainConfig(lr=2.0, warmup_steps=2, schedule="constant"), 10)
+    assert const == pytest.approx([1.0, 2.0] + [2.0] * 8)
+    cycle = lrs(TrainConfig(lr=1.0, warmup_steps=5, min_lr_ratio=0.01, schedule="onecycle"), 20)
+    peak = int(np.argmax(cycle))
+    assert peak in (4, 5) and cycle[peak] == pytest.approx(1.0, rel=1e-3)
+    assert cycle[0] == pytest.approx(1.0 / 25)  # torch's div_factor
+    assert cycle[-1] < 0.02 and cycle[-1] == pytest.approx(min(cycle))
+
+
+def test_no_weight_decay_on_biases_norms_and_listed_names() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.norm = nn.LayerNorm(3)
+            self.pos_embed = nn.Parameter(torch.zeros(1, 4, 3))
+
+        def no_weight_decay(self) -> set[str]:
+            return {"pos_embed"}
+
+    net = Net()
+    decay, no_decay = param_groups(net, 0.1)
+    assert [id(p) for p in decay["params"]] == [id(net.fc.weight)]  # type: ignore[attr-defined]
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) == 4  # type: ignore[arg-type]
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+def test_accumulation_matches_a_larger_batch(tmp_path: Path) -> None:
+    data, _ = make_datasets(DATA)
+
+    def train(batch_size: int, accum: int, name: str) -> dict[str, Tensor]:
+        model = Linear()
+        cfg = quick(epochs=2, batch_size=batch_size, accum_steps=accum)
+        fit(model, data, cfg, run_dir=tmp_path / name)
+        return weights(model)
+
+    big = train(8, 1, "big")
+    accumulated = train(4, 2, "accum")
+    small = train(4, 1, "small")
+    for k in big:
+        torch.testing.assert_close(accumulated[k], big[k], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(small["fc.weight"], big["fc.weight"], atol=1e-3)
+
+
+def test_ema_weights_follow_the_formula_and_feed_eval(tmp_path: Path) -> None:
+    data, _ = make_datasets(DATA)
+    model = Linear()
+    decay = 0.6
+    raw: list[dict[str, Tensor]] = []
+    seen_by_eval: list[dict[str, Tensor]] = []
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        seen_by_eval.append(weights(m))
+        return {"n": float(len(seen_by_eval))}
+
+    cfg = quick(epochs=1, batch_size=16, ema_decay=decay)
+    result = fit(
+        model,
+        data,
+        cfg,
+        run_dir=tmp_path,
+        eval_fn=evaluate,
+        on_step=lambda step, m: raw.append(weights(model)),
+    )
+    expected = dict(raw[0])  # the first update copies the weights
+    for w in raw[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * w[k] for k in w}
+    for k in expected:
+        torch.testing.assert_close(seen_by_eval[-1][k], expected[k])
+    final = load_model_weights(Linear(), result.model_dir / "weights.pt")
+    for k, v in final.state_dict().items():
+        torch.testing.assert_close(v, expected[k])
+    assert not torch.allclose(expected["fc.weight"], raw[-1]["fc.weight"])
+    assert result.metrics["eval/n"] == 1.0
+
+
+def resume_config(**kw: Any) -> TrainConfig:
+    base = {
+        "epochs": 3,
+        "batch_size": 8,
+        "accum_steps": 2,
+        "warmup_steps": 2,
+        "ema_decay": 0.9,
+        "checkpoint_every_steps": 3,
+        "lr": 0.02,
+        "log_every": 2,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path: Path) -> None:
+    data = DemoData(samples=64, dim=4, hidden=8, dropout=0.2)  # dropout: uses the torch RNG
+    train, held_out = make_datasets(data)
+    noisy = NoisyDataset(train)
+    cfg = resume_config()
+
+    full_model = build_model(data)
+    full = fit(full_model, noisy, cfg, run_dir=tmp_path / "full", eval_fn=mse_eval(held_out))
+
+    def kill(step: int, metrics: dict[str, float]) -> None:
+        if step == 7:  # mid-epoch 2; the last checkpoint is from step 6
+            raise Crash
+
+    evaluate = mse_eval(held_out)
+    with pytest.raises(Crash):
+        fit(build_model(data), noisy, cfg, run_dir=tmp_path / "cut", eval_fn=evaluate, on_step=kill)
+    position = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")["position"]
+    assert (position["step"], position["epoch"], position["batch"]) == (6, 1, 4)
+
+    resumed_model = build_model(data)
+    resumed = fit(resumed_model, noisy, cfg, run_dir=tmp_path / "cut", eval_fn=evaluate)
+    assert_equal_weights(weights(resumed_model), weights(full_model))
+    full_ema = torch.load(full.model_dir / "weights.pt")
+    assert_equal_weights(torch.load(resumed.model_dir / "weights.pt"), full_ema)
+    assert resumed.history == full.history
+    assert resumed.steps == full.steps == 12 and resumed.epochs == 3
+    assert len(resumed.history) == 3 and "eval/mse" in resumed.metrics
+
+
+def test_resume_refuses_another_architecture_or_data_order(tmp_path: Path) -> None:
+    data, _ = make_datasets(DATA)
+    cfg = quick(epochs=1, batch_size=16)
+    fit(TinyRegressor(4, 8), data, cfg, run_dir=tmp_path)
+    with pytest.raises(InvalidInputError) as err:
+        fit(TinyRegressor(4, 12), data, cfg, run_dir=tmp_path)
+    message = str(err.value)
+    assert "architecture" in message and "net.0.weight (8, 4) vs (12, 4)" in message
+    with pytest.raises(InvalidInputError, match=r"batch_size=16 \(now 32\)"):
+        fit(TinyRegressor(4, 8), data, TrainConfig(epochs=1, batch_size=32), run_dir=tmp_path)
+    fresh = fit(TinyRegressor(4, 12), data, cfg, run_dir=tmp_path, resume=False)
+    assert fresh.steps == 4
+
+
+class NanAfter(Linear):
+    """Its loss turns NaN at optimizer step ``bad_step`` (one micro-batch per step)."""
+
+    def __init__(self, bad_step: int) -> None:
+        super().__init__()
+        self.bad_step, self.calls = bad_step, 0
+
+    def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        self.calls += 1
+        out = super().training_step(batch)
+        if self.calls >= self.bad_step:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    data, _ = make_datasets(DATA)
+    model = NanAfter(bad_step=6)
+    cfg = quick(epochs=3, batch_size=16, checkpoint_every_steps=2)
+    saved: dict[int, str] = {}
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+
+    def remember(step: int, metrics: dict[str, float]) -> None:
+        saved[step] = sha256(ckpt) if ckpt.exists() else ""
+
+    with pytest.raises(TrainingError) as err:
+        fit(model, data, cfg, run_dir=tmp_path, on_step=remember)
+    assert "loss=nan at step 6" in str(err.value) and str(ckpt) in str(err.value)
+    assert sha256(ckpt) == saved[5]  # untouched since the last good step (epoch end, 4)
+    state = load_checkpoint(ckpt)
+    assert state["position"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no NaN update
+
+
+def test_max_steps_bf16_and_outputs(tmp_path: Path) -> None:
+    data, held_out = make_datasets(DATA)
+    cfg = quick(epochs=5, max_steps=3, batch_size=16, precision="bf16")
+    result = fit(build_model(DATA), data, cfg, run_dir=tmp_path, eval_fn=mse_eval(held_out))
+    assert result.steps == 3 and result.epochs == 0  # stopped inside the first epoch
+    assert result.history[-1]["step"] == 3 and np.isfinite(result.metrics["eval/mse"])
+    assert result.samples_per_s > 0 and result.run_id is None
+    assert load_config(TrainConfig, tmp_path / "config.yaml") == cfg
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["history"] == result.history
+
+
+def test_accepts_a_dataloader_and_checks_the_step_contract(tmp_path: Path) -> None:
+    data, _ = make_datasets(DATA)
+    loader = DataLoader(data, batch_size=32)
+    result = fit(Linear(), loader, quick(epochs=2), run_dir=tmp_path / "ok")
+    assert result.steps == 4 and result.metrics["train/loss"] > 0
+
+    class NoLoss(Linear):
+        def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+            return {"mse": super().training_step(batch)["loss"]}
+
+    with pytest.raises(InvalidInputError, match=r"'loss'.*mse"):
+        fit(NoLoss(), data, TrainConfig(epochs=1), run_dir=tmp_path / "noloss")
+    with pytest.raises(InvalidInputError, match="training_step"):
+        fit(nn.Linear(4, 1), data, TrainConfig(epochs=1), run_dir=tmp_path / "plain")
+    with pytest.raises(InvalidInputError, match="no full batch"):
+        cfg = TrainConfig(epochs=1, batch_size=128, drop_last=True)
+        fit(Linear(), data, cfg, run_dir=tmp_path / "tiny")
