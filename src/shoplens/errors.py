@@ -63,3 +63,10 @@ class ServiceUnavailableError(ShoplensError):
 
     code = "not_ready"
     http_status = 503
+
+
+class TrainingError(ShoplensError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+    code = "training_failed"
+    http_status = 422

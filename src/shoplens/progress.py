@@ -5,6 +5,7 @@ The library is silent by default; the CLI picks a mode with :func:`set_mode`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,14 +17,15 @@ _mode: Mode = "off"
 
 
 def set_mode(mode: Mode) -> None:
-    """``auto`` = rich on a terminal, plain lines otherwise."""
+    """``auto`` = rich on a terminal, plain lines otherwise (and always when ``CI`` is set)."""
     global _mode
     _mode = mode
 
 
 def _resolved() -> Mode:
     if _mode == "auto":
-        return "rich" if sys.stderr.isatty() else "plain"
+        ci = os.environ.get("CI", "").lower() not in ("", "0", "false")
+        return "rich" if sys.stderr.isatty() and not ci else "plain"
     return _mode
 
 

@@ -1,4 +1,5 @@
-"""``shoplens eval`` end to end on a tiny generated Fashion-MNIST copy (no real data)."""
+"""``shoplens eval`` end to end on a tiny generated Fashion-MNIST copy (no real data):
+the foundation report, and ``--model`` runs that append to its "## Trained models" table."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import numpy as np
 import pytest
 
 from shoplens.catalog.store import Catalog, list_catalogs
-from shoplens.eval.foundation import DEDUPE_CATALOG, run_foundation_eval
+from shoplens.cli import main
+from shoplens.eval.foundation import run_foundation_eval
+from shoplens.eval.results_md import TRAINED_HEADING
+from shoplens.eval.robustness import DEDUPE_CATALOG
+from shoplens.eval.runner import run_model_eval
 from shoplens.index.build import default_image_encoder
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 10
@@ -142,3 +147,136 @@ def test_eval_command_prints_a_summary(
     result = CliRunner().invoke(app, [*args, "test-tiny-text", "--limit", "50", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["meta"]["test"] == 50
+
+
+@pytest.fixture(scope="session")
+def tracking_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow SQLite store for the session (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking(tracking_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SHOPLENS_TRACKING_URI", tracking_db)
+    return tracking_db
+
+
+def _rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| 20")]
+
+
+def test_model_eval_writes_json_mlflow_and_a_results_row(
+    fake_fashion_mnist: dict[str, np.ndarray], tracking: str, home: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    out = tmp_path / "RESULTS.md"
+    before = "# shoplens: measured search quality\n\n## 1. Image-to-image\n\n| a | b |\n|---|---|\n"
+    out.write_text(before)
+    res = run_model_eval("test-tiny", limit=50, out=out, n_aug=10, dedupe_base=30)
+    m, t = res["meta"], res["tasks"]
+    assert (m["test_images"], m["train_images"], m["limit"]) == (50, 50, 50)
+    assert m["data_description"] == "fashion-mnist test[:50] (50) vs train[:50] (50)"
+    for name in ("text_to_image", "zero_shot", "held_out"):
+        assert "no shared image-text space" in t[name]["skipped"]
+    assert t["classification"]["method"].startswith("linear probe")
+    assert t["classification"]["n"] == 50 and len(t["classification"]["confusion_matrix"]) == 10
+    assert t["image_retrieval"]["gallery"] == 50 and t["robustness"]["queries"] == 40
+    assert t["near_duplicates"]["originals"] == 30
+    assert res["headline"]["knn_accuracy"] == t["image_retrieval"]["knn_accuracy"]
+    assert json.loads(Path(m["json"]).read_text()) == json.loads(json.dumps(res))
+    assert Path(m["json"]).parent == home / "evals"
+
+    run = MlflowClient(tracking_uri=tracking).get_run(m["mlflow_run_id"])
+    assert run.data.params["eval.model"] == "test-tiny" and run.data.params["eval.limit"] == "50"
+    metric = run.data.metrics["eval/tasks/image_retrieval/knn_accuracy"]
+    assert metric == pytest.approx(t["image_retrieval"]["knn_accuracy"])
+
+    text = out.read_text()
+    assert text.startswith(before) and TRAINED_HEADING in text
+    assert "texts are derived from the class labels, so text metrics are in-domain" in text
+    (row,) = _rows(text)
+    assert "| `test-tiny` | fashion-mnist test[:50] (50) vs train[:50] (50) | 0 |" in row
+    assert f"| {t['image_retrieval']['knn_accuracy']:.3f} |" in row and "CPU cores" in row
+
+    # a second run logs into the first run and adds a second row below the first
+    again = run_model_eval(
+        "test-tiny",
+        tasks=["image_retrieval"],
+        limit=50,
+        seed=3,
+        out=out,
+        mlflow_run_id=m["mlflow_run_id"],
+    )
+    assert again["meta"]["mlflow_run_id"] == m["mlflow_run_id"]
+    assert set(again["tasks"]) == {"image_retrieval"}
+    tags = MlflowClient(tracking_uri=tracking).get_run(m["mlflow_run_id"]).data.tags
+    assert tags["eval.seed"] == "3"
+    rows = _rows(out.read_text())
+    assert rows[0] == row and "| 3 | - |" in rows[1]
+
+    # the foundation report regenerates the file and keeps both rows
+    run_foundation_eval(
+        encoders=("pixels",),
+        n_aug=5,
+        out=out,
+        text_encoder="test-tiny-text",
+        limit=50,
+        dedupe_base=20,
+        dedupe_copies=5,
+    )
+    text = out.read_text()
+    assert text.startswith("# shoplens: measured search quality on Fashion-MNIST")
+    assert _rows(text) == rows and text.count(TRAINED_HEADING) == 1
+
+
+def test_eval_cli_with_a_model(
+    fake_fashion_mnist: dict[str, np.ndarray],
+    home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "R.md"
+    args = ["eval", "--model", "test-tiny", "--limit", "50", "--out", str(out), "--n-aug", "5"]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--no-mlflow"])
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["model", "accuracy", "5-NN", "R@1"]
+    assert lines[1].startswith("test-tiny ")
+    assert any("skipped zero_shot: encoder 'test-tiny' has no shared" in x for x in lines)
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--no-mlflow", "--json", "--task", "image_retrieval"])
+    assert e.value.code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert list(payload["tasks"]) == ["image_retrieval"] and payload["meta"]["limit"] == 50
+    assert len(_rows(out.read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "test-tiny", "--task", "zero-shot"], "unknown task 'zero-shot'; choose from"),
+        (
+            ["--model", "test-tiny", "--held-out", "Sandal,Bagz"],
+            "unknown class 'Bagz' in --held-out",
+        ),
+        (["--model", "trained:/no/such/model"], "trained model folder not found"),
+        (["--model", "nope"], "unknown encoder 'nope'"),
+        (["--model", "test-tiny", "-e", "pixels"], "--encoder is for the foundation eval"),
+        (["--task", "zero_shot"], "--task, --held-out and --mlflow-run need --model"),
+        (["--model", "test-tiny", "--mlflow-run", "0123abc"], "MLflow run '0123abc' not found"),
+    ],
+)
+def test_eval_cli_bad_input_exits_2_with_one_line(
+    extra: list[str],
+    message: str,
+    home: Path,
+    tracking: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["eval", *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

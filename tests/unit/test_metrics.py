@@ -2,18 +2,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import top_k_accuracy_score
+from ranx import Qrels, Run, evaluate
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.neighbors import KNeighborsClassifier
 
 from shoplens.errors import InvalidInputError
 from shoplens.eval.metrics import (
+    classification_metrics,
+    confusion_matrix,
     hit_rate_at_k,
     knn_accuracy,
     knn_predict,
     precision_at_k,
+    ranking_metrics,
     recall_at_k,
     top_k,
     vote,
+    zero_shot_predict,
 )
 
 
@@ -115,3 +126,133 @@ def test_bad_arguments_are_user_errors() -> None:
         knn_predict(np.ones((2, 3)), np.ones((4, 2)), [0, 1, 0, 1])
     with pytest.raises(InvalidInputError):
         knn_accuracy(np.ones((2, 2)), [0], np.ones((4, 2)), [0, 1, 0, 1])
+
+
+# --- classification -------------------------------------------------------------------
+
+
+def test_classification_metrics_by_hand() -> None:
+    # 3 classes; true a a b b c, predicted a b b b a
+    got = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ["a", "b", "c"])
+    assert got["accuracy"] == pytest.approx(3 / 5)
+    assert got["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    # a: P 1/2 R 1/2 F1 1/2; b: P 2/3 R 1 F1 4/5; c: P 0 (never predicted) R 0 F1 0
+    assert got["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert got["per_class"]["b"]["f1"] == pytest.approx(0.8)
+    assert got["per_class"]["c"]["f1"] == 0.0
+    assert got["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
+    assert got["weighted_f1"] == pytest.approx((2 * 0.5 + 2 * 0.8 + 0) / 5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_metrics_match_scikit_learn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    names = [f"c{i}" for i in range(6)]
+    y_true = rng.integers(0, 5, 300)  # class 5 never occurs; class 4 is never predicted
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, 4, 300))
+    y_pred[:3] = 5  # ... but class 5 is predicted a few times
+    got = classification_metrics(y_true, y_pred, names)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-12)
+    for avg in ("macro", "weighted"):
+        want = f1_score(y_true, y_pred, average=avg, zero_division=0)
+        assert got[f"{avg}_f1"] == pytest.approx(want, abs=1e-12)
+    assert got["confusion_matrix"] == sk_confusion_matrix(y_true, y_pred, labels=range(6)).tolist()
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(6), zero_division=0)
+    assert set(got["per_class"]) == {f"c{i}" for i in range(6)}  # 5: predicted, never true
+    for c, v in got["per_class"].items():
+        i = names.index(c)
+        assert (v["precision"], v["recall"], v["f1"]) == pytest.approx((p[i], r[i], f[i]))
+        assert v["support"] == s[i]
+
+
+def test_zero_shot_predict_is_the_most_similar_class() -> None:
+    rng = np.random.default_rng(0)
+    images, classes = unit(rng.normal(size=(50, 8))), unit(rng.normal(size=(4, 8)))
+    want = np.argmax(images @ classes.T, axis=1)
+    assert (zero_shot_predict(images, classes, batch=7) == want).all()
+
+
+# --- ranking against a labelled gallery -----------------------------------------------
+
+
+def test_ranking_metrics_by_hand() -> None:
+    # 1-d "embeddings": the score is query * gallery, so the gallery ranks by its value
+    gallery = np.array([[3.0], [2.0], [1.0], [-1.0]])
+    g_labels = ["x", "y", "x", "y"]
+    query, q_labels = np.array([[1.0]]), ["y"]  # ranking: x y x y -> hits at ranks 2 and 4
+    got = ranking_metrics(query, q_labels, gallery, g_labels, ks=(1, 2, 4), knn_k=3, ndcg_k=2)
+    assert got["recall_at_k"] == {"1": 0.0, "2": 1.0, "4": 1.0}
+    assert got["ir_recall_at_k"] == {"1": 0.0, "2": 0.5, "4": 1.0}
+    assert got["precision_at_k"] == {"1": 0.0, "2": 0.5, "4": 0.5}
+    assert got["map"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert got["ndcg_at_2"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))  # DCG/IDCG
+    assert got["knn_accuracy"] == 0.0  # x y x -> x
+    # the gallery queries itself, each row left out of its own ranking:
+    # row 0 (3, x) ranks y x y -> AP 1/2; row 1 (2, y) ranks x x y -> AP 1/3;
+    # row 2 (1, x) ranks x y y -> AP 1; row 3 (-1, y) ranks x y x -> AP 1/2
+    got = ranking_metrics(gallery, g_labels, gallery, g_labels, ks=(1,), knn_k=1, exclude_self=True)
+    assert got["queries_with_relevant"] == 4
+    assert got["recall_at_k"]["1"] == 0.25
+    assert got["map"] == pytest.approx((1 / 2 + 1 / 3 + 1 + 1 / 2) / 4)
+    assert got["knn_accuracy"] == 0.25  # nearest other row: y x x x vs x y x y
+
+
+def _ranx_scores(
+    scores: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray, skip_self: bool
+) -> tuple[Qrels, Run]:
+    qrels, run = {}, {}
+    for i, row in enumerate(scores):
+        keep = [j for j in range(len(row)) if not (skip_self and i == j)]
+        qrels[f"q{i}"] = {f"d{j}": 1 for j in keep if g_labels[j] == q_labels[i]}
+        run[f"q{i}"] = {f"d{j}": float(row[j]) for j in keep}
+    return Qrels(qrels), Run(run)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_ranking_metrics_match_ranx(exclude_self: bool) -> None:
+    rng = np.random.default_rng(3)
+    gallery, g_labels = unit(rng.normal(size=(80, 6))), rng.integers(0, 4, 80)
+    if exclude_self:
+        query, q_labels = gallery, g_labels
+    else:
+        query, q_labels = unit(rng.normal(size=(30, 6))), rng.integers(0, 4, 30)
+    got = ranking_metrics(
+        query, q_labels, gallery, g_labels, exclude_self=exclude_self, max_scores=7 * 80
+    )  # batches of 7 queries
+    qrels, run = _ranx_scores(query @ gallery.T, q_labels, g_labels, exclude_self)
+    names = [f"{m}@{k}" for m in ("hit_rate", "recall", "precision") for k in (1, 5, 10)]
+    want = evaluate(qrels, run, [*names, "ndcg@10", "map"], make_comparable=True)
+    for k in ("1", "5", "10"):
+        assert got["recall_at_k"][k] == pytest.approx(want[f"hit_rate@{k}"], abs=1e-6)
+        assert got["ir_recall_at_k"][k] == pytest.approx(want[f"recall@{k}"], abs=1e-6)
+        assert got["precision_at_k"][k] == pytest.approx(want[f"precision@{k}"], abs=1e-6)
+    assert got["ndcg_at_10"] == pytest.approx(want["ndcg@10"], abs=1e-6)
+    assert got["map"] == pytest.approx(want["map"], abs=1e-6)
+    # without the full ranking: the same cut-off metrics, no mAP
+    quick = ranking_metrics(
+        query, q_labels, gallery, g_labels, exclude_self=exclude_self, with_map=False
+    )
+    assert quick["map"] is None
+    assert quick["precision_at_k"] == pytest.approx(got["precision_at_k"])
+    assert quick["ndcg_at_10"] == pytest.approx(got["ndcg_at_10"])
+
+
+def test_ranking_knn_accuracy_matches_knn_accuracy() -> None:
+    rng = np.random.default_rng(5)
+    gallery, g_labels = unit(rng.normal(size=(120, 5))), rng.integers(0, 3, 120)
+    query, q_labels = unit(rng.normal(size=(40, 5))), rng.integers(0, 3, 40)
+    got = ranking_metrics(query, q_labels, gallery, g_labels, knn_k=5)
+    assert got["knn_accuracy"] == knn_accuracy(query, q_labels, gallery, g_labels, k=5)
+
+
+def test_ranking_metrics_bad_input() -> None:
+    with pytest.raises(InvalidInputError, match="exclude_self"):
+        ranking_metrics(np.ones((2, 3)), [0, 1], np.ones((3, 3)), [0, 1, 0], exclude_self=True)
+    with pytest.raises(InvalidInputError, match="labels"):
+        ranking_metrics(np.ones((2, 3)), [0], np.ones((3, 3)), [0, 1, 0])
+    with pytest.raises(InvalidInputError, match="k must be"):
+        ranking_metrics(np.ones((2, 3)), [0, 1], np.ones((3, 3)), [0, 1, 0], ks=(0,))
+    with pytest.raises(InvalidInputError, match=r"allowed: 0\.\.2"):
+        classification_metrics([0, 3], [0, 1], ["a", "b", "c"])
+    with pytest.raises(InvalidInputError, match="2 true labels but 1"):
+        confusion_matrix([0, 1], [0], 2)

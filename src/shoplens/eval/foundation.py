@@ -4,12 +4,12 @@ Four timed parts: (1) image-to-image 5-NN accuracy, train gallery and test queri
 (2) text-query precision@10 for the ten class names; (3) R@1 of altered copies of test
 images queried against the whole catalogue; (4) near-duplicate detection on altered
 copies injected into a temporary catalogue. Stored embeddings are reused when the index
-is up to date. Every number in the report comes from the run.
+is up to date. Every number in the report comes from the run. The report replaces the
+file but keeps its "## Trained models" section (rows appended by ``run_model_eval``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections import Counter
@@ -20,49 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
 
 from shoplens import progress
-from shoplens.catalog.store import Catalog, Product, ProductRecord, list_catalogs
+from shoplens.catalog.store import Catalog, Product, list_catalogs
 from shoplens.data.fashion_mnist import CLASSES, Split
 from shoplens.errors import InvalidInputError, NotFoundError, NotReadyError
-from shoplens.eval.metrics import hit_rate_at_k, knn_predict, precision_at_k
+from shoplens.eval.context import embed_images
+from shoplens.eval.metrics import knn_predict, precision_at_k
 from shoplens.eval.report import machine_info, render_report
+from shoplens.eval.results_md import write_atomic, write_foundation_report
+from shoplens.eval.robustness import altered_copies, copy_recall, dedupe_eval
 from shoplens.index.build import build_image_index, build_text_index, text_index_name
 from shoplens.index.store import IndexBuild, load_build
 from shoplens.registry import get_encoder
 
-ALTERATIONS = ("crop", "noise", "brightness", "blur-jpeg")
-MILD_ALTERATIONS = ("crop", "brightness", "noise")
-DEDUPE_CATALOG = "fm-dedupe-eval"
 KNN_K = 5
 TEXT_K = 10
 SPLITS: tuple[Split, Split] = ("train", "test")
-
-
-def alter(
-    img: Image.Image, kind: str, rng: np.random.Generator, *, mild: bool = False
-) -> Image.Image:
-    """An altered copy of ``img``: crop, noise, brightness or blur-jpeg (``mild``: weaker)."""
-    w, h = img.size
-    if kind == "crop":  # a random 80-90 % (mild: 92-95 %) crop, resized back
-        f = rng.uniform(0.92, 0.95) if mild else rng.uniform(0.8, 0.9)
-        cw, ch = max(1, round(w * f)), max(1, round(h * f))
-        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        return img.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.Resampling.BICUBIC)
-    if kind == "noise":  # gaussian, sigma 10 (mild: 4) grey levels
-        arr = np.asarray(img, np.float32) + rng.normal(0, 4 if mild else 10, (h, w, 3))
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    if kind == "brightness":  # x1.3 or x0.7 (mild: x1.1 or x0.9)
-        up = rng.random() < 0.5
-        factor = (1.1 if up else 0.9) if mild else (1.3 if up else 0.7)
-        return ImageEnhance.Brightness(img).enhance(factor)
-    if kind == "blur-jpeg":  # gaussian blur radius 1, then JPEG quality 30, decoded again
-        buf = io.BytesIO()
-        img.filter(ImageFilter.GaussianBlur(1)).save(buf, format="JPEG", quality=30)
-        with Image.open(io.BytesIO(buf.getvalue())) as im:
-            return im.convert("RGB")
-    raise InvalidInputError(f"unknown alteration {kind!r}")
 
 
 def _ensure_catalog(name: str, limit: int | None, timings: dict[str, float]) -> Catalog:
@@ -162,16 +136,6 @@ def _text(cat: Catalog, image_spec: str, text_encoder: str) -> dict[str, Any]:
     }
 
 
-def _encode(spec: str, images: Sequence[Image.Image]) -> np.ndarray:
-    encoder = get_encoder(spec)
-    out = []
-    with progress.task(f"embed altered copies ({spec})", len(images)) as advance:
-        for s in range(0, len(images), 256):
-            out.append(encoder.encode_images(images[s : s + 256]))
-            advance(len(images[s : s + 256]))
-    return np.concatenate(out)
-
-
 def _augmented(
     cat: Catalog,
     builds: dict[str, tuple[IndexBuild, float | None]],
@@ -179,94 +143,24 @@ def _augmented(
     n_aug: int,
     seed: int,
 ) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    test_ids = sorted(i for i, p in products.items() if p.attributes["split"] == "test")
-    chosen = [int(i) for i in rng.choice(test_ids, size=min(n_aug, len(test_ids)), replace=False)]
-    origin, kinds, images = [], [], []
-    for pid in chosen:
-        img = cat.load_image(products[pid])
-        for kind in ALTERATIONS:
-            origin.append(pid)
-            kinds.append(kind)
-            images.append(alter(img, kind, rng))
-    out: dict[str, Any] = {"originals": len(chosen), "queries": len(images)}
+    test = [products[i] for i in sorted(products) if products[i].attributes["split"] == "test"]
+    origin, kinds, images = altered_copies(
+        len(test), lambda n: cat.load_image(test[n]), n_aug, seed
+    )
+    targets = [test[n].image_key for n in origin]
+    out: dict[str, Any] = {"originals": len(set(origin)), "queries": len(images)}
     for spec, (build, _) in builds.items():
         key_of = {int(i): k for i, k in zip(build.ids, build.keys, strict=True)}
-        _scores, top = build.index.search(_encode(spec, images), 10)  # (Q, 10) ids
+        _scores, top = build.index.search(
+            embed_images(get_encoder(spec), images, f"embed altered copies ({spec})"), 10
+        )  # (Q, 10) ids
         retrieved = [[key_of.get(int(i), "") for i in row] for row in top]
-        targets = [products[pid].image_key for pid in origin]
-        r1, r10 = {}, {}
-        for kind in (*ALTERATIONS, "overall"):
-            sel = [n for n, k in enumerate(kinds) if kind in (k, "overall")]
-            r1[kind] = hit_rate_at_k([targets[n] for n in sel], [retrieved[n] for n in sel], 1)
-            r10[kind] = hit_rate_at_k([targets[n] for n in sel], [retrieved[n] for n in sel], 10)
         twin = [
-            int(top[n, 0]) != pid and retrieved[n][0] == targets[n] for n, pid in enumerate(origin)
+            int(top[n, 0]) != test[pos].id and retrieved[n][0] == targets[n]
+            for n, pos in enumerate(origin)
         ]
-        out[spec] = {"r_at_1": r1, "r_at_10": r10, "top1_identical_image": int(sum(twin))}
+        out[spec] = {**copy_recall(targets, kinds, retrieved), "top1_identical_image": sum(twin)}
     return out
-
-
-def _dedupe(
-    source: Catalog, products: dict[int, Product], spec: str, seed: int, n_base: int, n_copies: int
-) -> dict[str, Any]:
-    from shoplens.catalog.ingest import store_image
-    from shoplens.search.dedupe import find_duplicates
-
-    rng = np.random.default_rng(seed + 1)
-    test_ids = sorted(i for i, p in products.items() if p.attributes["split"] == "test")
-    base = [int(i) for i in rng.choice(test_ids, size=min(n_base, len(test_ids)), replace=False)]
-    if DEDUPE_CATALOG in list_catalogs():
-        Catalog.open(DEDUPE_CATALOG).delete()
-    cat = Catalog.create(DEDUPE_CATALOG)
-    try:
-        records: list[ProductRecord] = []
-        base_key: dict[str, str] = {}  # sku -> image key of the original it shows
-        injected: list[tuple[str, str, str]] = []
-        with progress.task("dedupe catalogue", len(base) + min(n_copies, len(base))) as advance:
-            for n, pid in enumerate(base + base[:n_copies]):
-                p = products[pid]
-                copy = n >= len(base)
-                kind = MILD_ALTERATIONS[n % len(MILD_ALTERATIONS)]
-                img = source.load_image(p)
-                key, ph, w, h = store_image(cat, alter(img, kind, rng, mild=True) if copy else img)
-                sku = f"{p.sku}-copy-{kind}" if copy else p.sku
-                base_key[sku] = base_key.get(p.sku, key)
-                if copy:
-                    injected.append((p.sku, sku, kind))
-                records.append(ProductRecord(sku, p.title, p.category, key, {}, "", ph, w, h))
-                advance(1)
-        with cat.transaction() as conn:
-            cat.record_ingest(conn, "shoplens eval", time.time(), cat.upsert_in(conn, records), 0)
-        report = find_duplicates(cat, build_image_index(cat, spec))
-    finally:
-        cat.delete()
-    reported = {frozenset((p.sku_a, p.sku_b)) for p in report.pairs}
-    found = [frozenset((a, b)) in reported for a, b, _ in injected]
-    cluster = {sku: n for n, c in enumerate(report.clusters) for sku in c}
-    same_cluster = [a in cluster and cluster.get(a) == cluster.get(b) for a, b, _ in injected]
-    other = [p for p in report.pairs if base_key[p.sku_a] != base_key[p.sku_b]]
-    n_pairs = len(report.pairs)
-    return {
-        "encoder": spec,
-        "products": report.products,
-        "originals": len(base),
-        "injected": len(injected),
-        "reported_pairs": n_pairs,
-        "injected_found": int(sum(found)),
-        "identical_or_copy_of_identical": n_pairs - len(other) - int(sum(found)),
-        "other_pairs": len(other),
-        "other_by_reason": dict(Counter(p.reason for p in other)),
-        "other_examples": [[p.sku_a, p.sku_b, p.similarity, p.reason] for p in other[:10]],
-        "precision": (n_pairs - len(other)) / n_pairs if n_pairs else None,
-        "recall": float(np.mean(found)) if found else None,
-        "recall_same_cluster": float(np.mean(same_cluster)) if found else None,
-        "recall_by_alteration": {
-            k: float(np.mean([f for f, (_, _, kk) in zip(found, injected, strict=True) if kk == k]))
-            for k in MILD_ALTERATIONS
-            if any(kk == k for _, _, kk in injected)
-        },
-    }
 
 
 def run_foundation_eval(
@@ -321,7 +215,10 @@ def run_foundation_eval(
         augmented = _augmented(cat, builds, products, n_aug, seed)
         timings["augmented_s"] = time.time() - t0
         t0 = time.time()
-        dedupe = _dedupe(cat, products, encoders[0], seed, dedupe_base, dedupe_copies)
+        test = [p for _, p in sorted(products.items()) if p.attributes["split"] == "test"]
+        dedupe = dedupe_eval(
+            test, lambda n: cat.load_image(test[n]), encoders[0], seed, dedupe_base, dedupe_copies
+        )
         timings["dedupe_s"] = time.time() - t0
         n_products = cat.count()
         splits = Counter(p.attributes["split"] for p in products.values())
@@ -352,7 +249,6 @@ def run_foundation_eval(
         "dedupe": dedupe,
     }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(results, json_name=out.with_suffix(".json").name))
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_foundation_report(out, render_report(results, json_name=out.with_suffix(".json").name))
+    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results

@@ -25,7 +25,7 @@ PUBLISHED_CONTEXT = (
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, torch and Python versions, and the git commit (or "unknown")."""
+    """Cores, CPU model, GPU (or None), torch and Python versions, git commit (or "unknown")."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -38,10 +38,13 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    gpu = None
     try:
         import torch
 
         torch_version = str(torch.__version__)
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
     except ImportError:
         torch_version = "not installed"
     try:
@@ -58,6 +61,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "nproc": cores,
         "cpu": cpu,
+        "gpu": gpu,
         "torch": torch_version,
         "python": platform.python_version(),
         "platform": platform.platform(),

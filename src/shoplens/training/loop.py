@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shoplens import progress
 from shoplens.config import atomic_write, config_to_dict, save_config
-from shoplens.errors import InvalidInputError, ShoplensError
+from shoplens.errors import InvalidInputError, TrainingError
 from shoplens.training import distributed
 from shoplens.training.checkpoint import (
     all_finite,
@@ -56,12 +56,6 @@ EvalFn = Callable[[nn.Module], dict[str, float]]
 StepCallback = Callable[[int, dict[str, float]], None]
 # Settings that fix the order of the data: a checkpoint only resumes a run that shares them.
 RESUME_KEYS = ("batch_size", "accum_steps", "seed", "drop_last")
-
-
-class TrainingError(ShoplensError):
-    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-    code = "training_failed"
 
 
 @dataclass
