@@ -76,6 +76,17 @@ def write_catalog(folder: Path, per_category: int = PER_CATEGORY) -> Path:
     return manifest
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; more threads spin when the CPU is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test runs against a temporary SHOPLENS_HOME, never the user's."""

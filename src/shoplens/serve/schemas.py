@@ -23,6 +23,11 @@ class SearchRequest(BaseModel):
         description="Weight of the text signal when an image and a text are given together.",
     )
     image_weight: float = Field(1.0, ge=0, le=10)
+    compose: bool | None = Field(
+        None,
+        description="Image + text: use the model's learned combiner ('like this, but ...'). "
+        "Default: when the model has one; false fuses the image and text rankings instead.",
+    )
 
 
 class HitOut(BaseModel):

@@ -9,12 +9,12 @@ re-seeded every epoch; torch seeds ``torch``, ``random`` and ``numpy`` in each w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from shoplens.errors import InvalidInputError
 from shoplens.training.config import TrainConfig
@@ -43,7 +43,10 @@ class ResumableSampler(Sampler[int]):
 
 
 def build_loader(
-    data: Dataset[Any] | DataLoader[Any], cfg: TrainConfig, info: DistInfo
+    data: Dataset[Any] | DataLoader[Any],
+    cfg: TrainConfig,
+    info: DistInfo,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Any]:
     """The DataLoader the loop iterates: ``data`` itself if it is one, else a seeded one."""
     if isinstance(data, DataLoader):
@@ -65,6 +68,7 @@ def build_loader(
         drop_last=cfg.drop_last,
         pin_memory=info.device.type == "cuda",
         generator=torch.Generator(),
+        collate_fn=collate_fn,
     )
 
 
@@ -78,7 +82,17 @@ def epoch_batches(loader: DataLoader[Any], epoch: int, skip: int, seed: int) -> 
         sampler.set_epoch(epoch)
     if loader.generator is not None:
         loader.generator.manual_seed(seed + epoch)
+    _set_dataset_epoch(loader.dataset, epoch)
     return itertools.islice(iter(loader), skip, None)
+
+
+def _set_dataset_epoch(dataset: Any, epoch: int) -> None:
+    """Call ``set_epoch`` of the dataset (or of the one a ``Subset`` wraps), when it has one:
+    e.g. fresh text phrasings each epoch."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if callable(getattr(dataset, "set_epoch", None)):
+        dataset.set_epoch(epoch)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

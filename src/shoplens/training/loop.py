@@ -7,7 +7,9 @@ logged as metrics. It writes::
     run_dir/config.yaml            the resolved config
     run_dir/checkpoints/last.pt    model, optimizer, scheduler, EMA, position, RNG states
     run_dir/metrics.json           per-epoch history and final metrics
-    run_dir/model/weights.pt       final weights (the EMA weights when EMA is on)
+    run_dir/model/                 final weights (the EMA weights when EMA is on): a
+                                   registered model as model.json + model.safetensors
+                                   (loadable as ``trained:DIR``), else weights.pt
 
 A killed run started again with the same ``run_dir`` resumes from ``last.pt`` and ends
 with the same weights, bit for bit, as an uninterrupted run (with ``num_workers=0``, or
@@ -102,6 +104,7 @@ def fit(
     resume: bool = True,
     on_step: StepCallback | None = None,
     run_config: Any = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` with AdamW and ``cfg``'s schedule.
 
@@ -119,6 +122,8 @@ def fit(
             the run like a crash: the tracker marks it FAILED, the checkpoint stays).
         run_config: the full resolved config (a dataclass) to save as ``config.yaml``
             and log as params; defaults to ``cfg``.
+        collate_fn: batches items for the DataLoader the loop builds (e.g. with batch
+            augmentation); ignored when ``train_data`` is a DataLoader.
     """
     info = distributed.init_from_env(cfg.device)
     seed_everything(cfg.seed + info.rank)
@@ -127,7 +132,9 @@ def fit(
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     use_tracker = tracker if tracker is not None and info.is_main else NullTracker()
-    trainer = _Trainer(model, train_data, cfg, Path(run_dir), info, eval_fn, use_tracker, on_step)
+    trainer = _Trainer(
+        model, train_data, cfg, Path(run_dir), info, eval_fn, use_tracker, on_step, collate_fn
+    )
     if resume and trainer.ckpt_path.is_file():
         trainer.restore()
     return trainer.run(cfg if run_config is None else run_config)
@@ -146,6 +153,7 @@ class _Trainer:
         eval_fn: EvalFn | None,
         tracker: Tracker,
         on_step: StepCallback | None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         if not callable(getattr(model, "training_step", None)):
             raise InvalidInputError(
@@ -155,7 +163,7 @@ class _Trainer:
         self.cfg, self.run_dir, self.info = cfg, run_dir, info
         self.eval_fn, self.tracker, self.on_step = eval_fn, tracker, on_step
         self.model = model.to(info.device)
-        self.loader = build_loader(train_data, cfg, info)
+        self.loader = build_loader(train_data, cfg, info, collate_fn)
         self.batches_per_epoch = len(self.loader)
         if self.batches_per_epoch == 0:
             raise InvalidInputError(
@@ -394,7 +402,12 @@ class _Trainer:
         if not self.info.is_main:
             return model_dir
         final = self.ema.module if self.ema is not None else self.model
-        save_checkpoint(model_dir / "weights.pt", final.state_dict())
+        if hasattr(final, "model_name") and hasattr(final, "model_config"):
+            from shoplens.models.io import save_model
+
+            save_model(final, model_dir)  # a registered model: loadable as trained:DIR
+        else:
+            save_checkpoint(model_dir / "weights.pt", final.state_dict())
         shutil.copyfile(self.run_dir / "config.yaml", model_dir / "config.yaml")
         last = self.pos.history[-1] if self.pos.history else {}
         summary = {"steps": self.pos.step, "metrics": last, "history": self.pos.history}

@@ -82,6 +82,15 @@ class ModelVersionInfo:
     run_id: str | None
     source: str
 
+    @property
+    def source_dir(self) -> str:
+        """The version's files as a local folder (for ``trained:DIR``) when stored locally."""
+        if self.source.startswith("file://"):
+            from urllib.parse import unquote, urlparse
+
+            return unquote(urlparse(self.source).path)
+        return self.source
+
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> ``{"section.key": value}`` (lists and scalars are leaves)."""
@@ -222,6 +231,18 @@ class MlflowTracker:
             v = self.client.get_model_version_by_alias(name, alias)
         except MlflowException:
             raise NotFoundError(f"registered model {name!r} has no {alias!r} version") from None
+        return ModelVersionInfo(v.name, str(v.version), v.run_id, str(v.source))
+
+    def set_alias(self, name: str, version: int | str, alias: str) -> ModelVersionInfo:
+        """Point ``alias`` of model ``name`` at ``version`` (e.g. promote to champion)."""
+        from mlflow.exceptions import MlflowException
+
+        _check_alias(alias)
+        try:
+            v = self.client.get_model_version(name, str(version))
+            self.client.set_registered_model_alias(name, alias, str(version))
+        except MlflowException:
+            raise NotFoundError(f"registered model {name!r} has no version {version}") from None
         return ModelVersionInfo(v.name, str(v.version), v.run_id, str(v.source))
 
     def _active(self) -> str:

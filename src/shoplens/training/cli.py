@@ -1,0 +1,120 @@
+"""``shoplens train`` and ``shoplens models`` (Typer commands registered in shoplens.cli)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shoplens import progress
+
+models_app = typer.Typer(help="Model configs, registered models and aliases.", no_args_is_help=True)
+
+
+def _echo(as_json: bool, payload: Any, human: str) -> None:
+    typer.echo(json.dumps(payload, indent=2) if as_json else human)
+
+
+def train_command(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Config overrides section.key=value, e.g. train.lr=3e-4 model=clip-small "
+            "data.held_out=[Sandal,Bag] tracking.register_as=fm-clip.",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML config (defaults <- YAML <- overrides).")
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Refuse to resume an existing run folder of the same name."),
+    ] = False,
+    show_config: Annotated[
+        bool, typer.Option("--show-config", help="Print the resolved config and exit.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
+    """Train a model (classifier, CLIP-style, combiner); prints the MLflow run id.
+
+    The resolved config is saved as config.yaml in the run folder
+    (SHOPLENS_HOME/runs/RUN_NAME) and logged to MLflow. Run it again with the same
+    run_name to resume after a crash; under torchrun it trains with DDP.
+    """
+    import yaml
+
+    from shoplens.config import config_to_dict, load_config
+    from shoplens.training.experiment import ExperimentConfig, run_experiment
+
+    cfg = load_config(ExperimentConfig, config, overrides or [])
+    if show_config:
+        _echo(as_json, config_to_dict(cfg), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        return
+    progress.set_mode("off" if as_json else "auto")
+    if not as_json:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("shoplens.training").setLevel(logging.INFO)
+    result = run_experiment(cfg, resume=not fresh).to_dict()
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
+    human = [
+        f"run {result['run_name']} finished in {result['wall_time_s']:.0f}s "
+        f"({result['samples_per_s']:.0f} samples/s)",
+        f"metrics: {metrics}",
+        f"model: {result['model_spec']}",
+    ]
+    if result["registered"]:
+        r = result["registered"]
+        human.append(f"registered: {r['name']} version {r['version']} as @{r['alias']}")
+    human.append(f"mlflow run id: {result['run_id']}")
+    _echo(as_json, result, "\n".join(human))
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
+    """Model configs that `shoplens train model=NAME` accepts."""
+    from shoplens.registry import list_models, resolve_model_config
+
+    rows = [{"name": n, "family": resolve_model_config(n)[0]} for n in list_models()]
+    _echo(as_json, rows, "\n".join(f"{r['name']:<24} {r['family']}" for r in rows))
+
+
+@models_app.command("alias")
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[int, typer.Argument(min=1, help="Model version to point the alias at.")],
+    alias: Annotated[str, typer.Argument(help="champion or challenger.")] = "champion",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
+    """Point an alias (champion / challenger) of a registered model at a version."""
+    from shoplens.training.tracking import MlflowTracker
+
+    info = MlflowTracker().set_alias(name, version, alias)
+    _echo(
+        as_json,
+        {**info.__dict__, "encoder_spec": f"trained:{info.source_dir}"},
+        f"{info.name}@{alias} -> version {info.version} (trained:{info.source_dir})",
+    )
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    alias: Annotated[str, typer.Option(help="champion or challenger.")] = "champion",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
+    """Which version an alias points at, and the encoder spec that serves it."""
+    from shoplens.training.tracking import MlflowTracker
+
+    info = MlflowTracker().get_model_version_by_alias(name, alias)  # type: ignore[arg-type]
+    _echo(
+        as_json,
+        {**info.__dict__, "encoder_spec": f"trained:{info.source_dir}"},
+        f"{info.name}@{alias}: version {info.version}, run {info.run_id}\n"
+        f"encoder spec: trained:{info.source_dir}",
+    )
