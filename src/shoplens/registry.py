@@ -143,7 +143,8 @@ def _ensure_models() -> None:
     # Importing the family modules runs their @register_model decorators.
     import shoplens.models.clip
     import shoplens.models.combiner
-    import shoplens.models.heads  # noqa: F401
+    import shoplens.models.heads
+    import shoplens.models.ssl  # noqa: F401
 
 
 def list_models() -> list[str]:

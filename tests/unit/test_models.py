@@ -43,7 +43,7 @@ def test_every_family_has_configs_and_a_test_tiny_variant() -> None:
     assert {"resnet-small", "vit-small", "effnet-lite0-ft", "clip-small", "lit-effnet"} <= set(
         names
     )
-    assert set(list_model_families()) == {"classifier", "clip", "combiner"}
+    assert set(list_model_families()) == {"classifier", "clip", "combiner", "copydetect"}
     for family in list_model_families():
         tiny = [n for n in names if n.endswith("-test-tiny")]
         assert any(create_model(n).model_config["family"] == family for n in tiny)
@@ -214,6 +214,28 @@ def test_tiny_clip_steps_reduce_the_loss(product_image: Any, loss: str) -> None:
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
     out = model.training_step(batch)
     assert {"loss", "contrastive", "accuracy", "logit_scale", "aux_ce", "aux_accuracy"} <= set(out)
+
+
+def test_copy_detector_learns_to_match_altered_copies(product_image: Any) -> None:
+    torch.manual_seed(0)
+    model = create_model("copydetect-test-tiny")
+    batch = images(product_image)  # 16 products, 4 per category: same-class items are negatives
+
+    def copies_found() -> float:
+        model.eval()
+        with torch.no_grad():
+            torch.manual_seed(1)  # the same altered copies before and after training
+            clean = model.encode_image(batch["image"])  # (16, D)
+            copies = model.encode_image(model.alter(batch["image"]))  # (16, D)
+        model.train()
+        assert torch.allclose(clean.norm(dim=1), torch.ones(16), atol=1e-5)
+        return float(((copies @ clean.T).argmax(1) == torch.arange(16)).float().mean())
+
+    before = copies_found()
+    losses = _steps(model, batch, 60)
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    after = copies_found()
+    assert after >= before + 0.15, (before, after)
 
 
 def test_clip_step_under_bf16_autocast_keeps_float32_loss(product_image: Any) -> None:

@@ -89,6 +89,12 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     ),
     # the defaults: also robust to the evaluated crop / noise / brightness / blur+JPEG
     "robust": AugmentConfig(),
+    # copy detection: strong photometric damage, no flips or rotations (copies keep them)
+    "copy": AugmentConfig(
+        crop_scale=(0.6, 1.0), flip_p=0.0, degrees=0.0, translate=0.04, brightness=0.4,
+        contrast=0.2, blur_p=0.5, blur_sigma=(0.4, 1.5), jpeg_p=0.5, jpeg_quality=(20, 60),
+        noise_p=0.5, noise_sigma=0.06,
+    ),
 }  # fmt: skip
 
 

@@ -157,8 +157,11 @@ def _catalog(cfg: ExperimentConfig, name: str, augment: Any) -> _Data:
     return _Data(train, val, full.classes, augment)
 
 
-def load_data(cfg: ExperimentConfig) -> _Data:
-    """Training and validation datasets for ``cfg.data`` (with batch augmentation)."""
+def load_data(cfg: ExperimentConfig, family: str = "") -> _Data:
+    """Training and validation datasets for ``cfg.data`` (with batch augmentation).
+
+    A ``copydetect`` model alters its images itself, so its batches stay clean.
+    """
     from shoplens.data.datasets import Collate
     from shoplens.data.transforms import BatchAugment, augment_preset
 
@@ -167,7 +170,8 @@ def load_data(cfg: ExperimentConfig) -> _Data:
         raise InvalidInputError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
     # Augmentations draw from the global torch RNG, which checkpoints restore (exact resume).
     preset = augment_preset(d.augment)
-    collate = Collate(None if d.augment == "none" else BatchAugment(preset))
+    clean = d.augment == "none" or family == "copydetect"
+    collate = Collate(None if clean else BatchAugment(preset))
     if d.source == "fashion-mnist":
         return _fashion_mnist(cfg, collate)
     prefix, _, name = d.source.partition(":")
@@ -202,7 +206,8 @@ def _subset(ds: Dataset[Any], n: int, seed: int) -> Dataset[Any]:
 
 
 def _eval_fn(model: torch.nn.Module, val: Dataset[Any] | None, cfg: ExperimentConfig) -> Any:
-    """Epoch-end validation metrics: accuracy (classifier) or zero-shot accuracy (clip)."""
+    """Epoch-end validation metrics: accuracy (classifier), zero-shot accuracy (clip) or
+    altered-copy R@1 among the validation items (copydetect)."""
     if val is None:
         return None
     from torch.utils.data import DataLoader
@@ -211,6 +216,18 @@ def _eval_fn(model: torch.nn.Module, val: Dataset[Any] | None, cfg: ExperimentCo
 
     data = _subset(val, cfg.data.eval_items, cfg.train.seed)
     family = getattr(model, "family", "")
+
+    def copy_r1(m: Any) -> dict[str, float]:
+        device = next(m.parameters()).device
+        clean = torch.stack([data[i]["image"] for i in range(len(data))])  # type: ignore[arg-type]
+        gen = torch.random.fork_rng()  # the same copies every epoch, training RNG untouched
+        with gen:
+            torch.manual_seed(cfg.train.seed)
+            altered = m.alter(clean)
+        a = torch.cat([m.encode_image(x.to(device)) for x in clean.split(512)])  # (N, D)
+        b = torch.cat([m.encode_image(x.to(device)) for x in altered.split(512)])  # (N, D)
+        hit = (b @ a.T).argmax(1) == torch.arange(len(a), device=a.device)
+        return {"val_copy_r1": float(hit.float().mean())}
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         device = next(m.parameters()).device
@@ -234,6 +251,8 @@ def _eval_fn(model: torch.nn.Module, val: Dataset[Any] | None, cfg: ExperimentCo
         key = "val_zero_shot_accuracy" if family == "clip" else "val_accuracy"
         return {key: correct / max(total, 1)}
 
+    if family == "copydetect":
+        return copy_r1
     return evaluate if family in ("clip", "classifier") else None
 
 
@@ -341,7 +360,7 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True) -> ExperimentR
         eval_fn = _combiner_eval(val_triplets)
         collate = None
     else:
-        data = load_data(cfg)
+        data = load_data(cfg, family)
         model = build_model(cfg, data.classes)
         train, collate = data.train, data.collate
         eval_fn = _eval_fn(model, data.val, cfg)
