@@ -1,7 +1,13 @@
-"""``shoplens demo``: Fashion-MNIST ingested, embedded, indexed and searched, offline.
+"""``shoplens demo``: Fashion-MNIST ingested, a CLIP-style model trained, indexed and
+searched, offline.
 
-Later runs reuse the stored catalogue and indexes (they are rebuilt only when the
-catalogue changed), so the service is up within a minute.
+On first run the demo trains shoplens's own CLIP-style model (small CNN image tower,
+frozen MiniLM text tower with a projection) and a composed-query combiner on the
+Fashion-MNIST training split, registers it in MLflow as ``fashion-mnist-clip@champion``
+and indexes the catalogue with it; text search fuses BM25, MiniLM over product texts and
+the model's text-to-image ranking. Later runs reuse the registered model, the stored
+catalogue and the indexes (rebuilt only when they changed), so the service is up within
+a minute.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from shoplens.catalog.store import Catalog, list_catalogs
 from shoplens.config import shoplens_home
+from shoplens.errors import NotFoundError
 from shoplens.index.build import build_image_index, build_text_index, text_index_name
 from shoplens.index.store import is_fresh
 from shoplens.search.engine import Hit, SearchEngine
 
 DEMO_CATALOG = "fashion-mnist"
-DEMO_ENCODER = "effnet-lite0@64"  # 28 px photos: 64 px input keeps 70k images ~2.5 min on 2 cores
+DEMO_MODEL = "fashion-mnist-clip"  # registered model name (alias champion)
 FULL_SIZE = 70_000
 
 
@@ -34,6 +41,14 @@ def customer_photo(img: Image.Image, seed: int = 0) -> Image.Image:
     crop = crop.filter(ImageFilter.GaussianBlur(1.2))
     arr = np.asarray(crop, dtype=np.float32) * 0.9 + 20 + rng.normal(0, 8, (h * 4, w * 4, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _first_of(catalog: Catalog, category: str) -> str:
+    """The sku of the first test product of ``category``."""
+    ids = catalog.filter_ids([category], {"split": "test"}) or []
+    if not ids:
+        raise NotFoundError(f"the demo catalogue has no test product of {category!r}")
+    return catalog.get_by_ids([min(ids)])[min(ids)].sku
 
 
 def results_grid(
@@ -65,6 +80,63 @@ def results_grid(
     return path
 
 
+def _registered_model(name: str) -> Path | None:
+    """The champion version's folder of registered model ``name`` if complete on disk."""
+    from shoplens.training.tracking import MlflowTracker
+
+    try:
+        info = MlflowTracker().get_model_version_by_alias(name, "champion")
+    except NotFoundError:
+        return None
+    folder = Path(info.source_dir)
+    done = (folder / "model.json").is_file() and (folder / "combiner" / "model.json").is_file()
+    return folder if done else None
+
+
+def demo_model(limit: int | None, say: Callable[[str], None]) -> Path:
+    """The demo's CLIP-style model folder: the registered champion, or trained now.
+
+    Trains the ``fmnist-clip`` recipe, then the ``fmnist-combiner`` recipe over it (the
+    combiner is installed in the model folder), and registers the folder as
+    ``fashion-mnist-clip[-LIMIT]@champion``.
+    """
+    from shoplens.config import load_config
+    from shoplens.training.experiment import RECIPES, ExperimentConfig, run_experiment
+    from shoplens.training.tracking import MlflowTracker
+
+    name = DEMO_MODEL if limit is None else f"{DEMO_MODEL}-{limit}"
+    found = _registered_model(name)
+    if found is not None:
+        say(f"using the registered model {name}@champion ({found})")
+        return found
+    limits = [] if limit is None else [f"data.limit={limit}"]
+    say("training shoplens's CLIP-style model on the Fashion-MNIST training split ...")
+    clip_cfg = load_config(
+        ExperimentConfig, RECIPES / "fmnist-clip.yaml", [f"run_name={name}", *limits]
+    )
+    clip = run_experiment(clip_cfg)
+    say(f"  {_metrics_line(clip.metrics)} ({clip.wall_time_s:.0f}s)")
+    say("training the composed-query combiner over it ...")
+    comb_cfg = load_config(
+        ExperimentConfig,
+        RECIPES / "fmnist-combiner.yaml",
+        [f"run_name={name}-combiner", f"data.base_model={clip.model_dir}", *limits],
+    )
+    comb = run_experiment(comb_cfg)
+    say(f"  {_metrics_line(comb.metrics)} ({comb.wall_time_s:.0f}s)")
+    tracker = MlflowTracker(clip_cfg.tracking.experiment)
+    tracker.run_id = clip.run_id
+    tracker.log_artifact(clip.model_dir, "model")  # now with its combiner
+    info = tracker.register_model(str(clip.run_id), "model", name, "champion")
+    say(f"registered {name} version {info.version} as champion")
+    return Path(info.source_dir)
+
+
+def _metrics_line(metrics: dict[str, float]) -> str:
+    keys = [k for k in metrics if k.startswith("eval/")] or sorted(metrics)[:3]
+    return ", ".join(f"{k.removeprefix('eval/')} {metrics[k]:.3f}" for k in keys)
+
+
 def run_demo(
     *,
     limit: int | None = None,
@@ -85,21 +157,31 @@ def run_demo(
         ingest_fashion_mnist(name, limit=limit)
     timings["ingest"] = time.time() - t0
     catalog = Catalog.open(name)
-    if not is_fresh(catalog, DEMO_ENCODER):
-        say(f"embedding images with {DEMO_ENCODER} (ImageNet EfficientNet-Lite0) ...")
-        build_image_index(catalog, DEMO_ENCODER)
-    catalog.set_meta("default_encoder", DEMO_ENCODER)
+    encoder = f"trained:{demo_model(limit, say)}"
+    timings["model"] = time.time() - t0 - sum(timings.values())
+    if not is_fresh(catalog, encoder):
+        say(f"embedding images with {encoder} ...")
+        build_image_index(catalog, encoder)
+    catalog.set_meta("default_encoder", encoder)
     timings["image_index"] = time.time() - t0 - sum(timings.values())
     if not is_fresh(catalog, text_index_name("minilm")):
         say("embedding product texts with all-MiniLM-L6-v2 and building BM25 ...")
         build_text_index(catalog, "minilm")
     timings["text_index"] = time.time() - t0 - sum(timings.values())
 
-    engine = SearchEngine(catalog, DEMO_ENCODER)
+    engine = SearchEngine(catalog, encoder)
     probe = catalog.get("fm-test-00000")
     photo = customer_photo(catalog.load_image(probe))
+    sneaker = catalog.get(_first_of(catalog, "Sneaker"))
     examples: list[tuple[str, Image.Image | None, list[Hit]]] = [
         (f"photo of {probe.category}", photo, engine.search(image=photo, k=8)),
+        (
+            "this sneaker, as an ankle boot",
+            catalog.load_image(sneaker),
+            engine.search(
+                image=catalog.load_image(sneaker), text="in the ankle boot category", k=8
+            ),
+        ),
         ("text: ankle boot", None, engine.search(text="ankle boot", k=8)),
         ("text: bag", None, engine.search(text="bag", k=8)),
         (
@@ -119,7 +201,7 @@ def run_demo(
     return {
         "catalog": name,
         "products": catalog.count(),
-        "encoder": DEMO_ENCODER,
+        "encoder": encoder,
         "grid": str(grid),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "examples": {label: [h.to_dict() for h in hits] for label, _i, hits in examples},

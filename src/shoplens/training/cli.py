@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,7 +27,12 @@ def train_command(
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML config (defaults <- YAML <- overrides).")
+        str | None,
+        typer.Option(
+            "--config",
+            help="YAML file or built-in recipe (fmnist-resnet, fmnist-clip, fmnist-combiner, "
+            "fmnist-copydetect); defaults <- YAML <- overrides.",
+        ),
     ] = None,
     fresh: Annotated[
         bool,
@@ -48,9 +52,13 @@ def train_command(
     import yaml
 
     from shoplens.config import config_to_dict, load_config
-    from shoplens.training.experiment import ExperimentConfig, run_experiment
+    from shoplens.training.experiment import (
+        ExperimentConfig,
+        resolve_config_path,
+        run_experiment,
+    )
 
-    cfg = load_config(ExperimentConfig, config, overrides or [])
+    cfg = load_config(ExperimentConfig, resolve_config_path(config), overrides or [])
     if show_config:
         _echo(as_json, config_to_dict(cfg), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         return

@@ -35,6 +35,7 @@ from shoplens.errors import InvalidInputError, NotFoundError
 from shoplens.training.config import TrainConfig
 
 log = logging.getLogger("shoplens.training")
+RECIPES = Path(__file__).parent / "recipes"
 Alias = Literal["champion", "challenger"]
 
 
@@ -409,6 +410,27 @@ def _install_combiner(model_dir: Path, base_dir: Path) -> None:
         (base_dir / "combiner").rename(old)
     tmp.rename(base_dir / "combiner")
     shutil.rmtree(old, ignore_errors=True)
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in YAML recipes (``shoplens train --config NAME``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def resolve_config_path(value: str | Path | None) -> Path | None:
+    """A YAML path as given, or the built-in recipe of that name."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in str(value):
+        return path  # load_config reports a missing file
+    recipe = RECIPES / f"{value}.yaml"
+    if recipe.is_file():
+        return recipe
+    raise NotFoundError(
+        f"config {str(value)!r} is neither a file nor a built-in recipe "
+        f"({', '.join(list_recipes())})"
+    )
 
 
 def describe(cfg: ExperimentConfig) -> dict[str, Any]:
