@@ -9,6 +9,9 @@ MLflow registers it as champion, the catalogue is indexed with the registered mo
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -72,6 +75,25 @@ def test_train_evaluate_register_load_serve(world: tuple[Path, Path]) -> None:
         for category in CATEGORIES:
             r = httpx.post(f"{base}/v1/search", json={"text": category.lower(), "k": 5}, timeout=30)
             assert [h["category"] for h in r.json()["results"]] == [category] * 5
+
+
+def test_train_under_torchrun_ddp(world: tuple[Path, Path]) -> None:
+    """The same `shoplens train` command trains with DDP under torchrun (gloo on CPU)."""
+    home, _ = world
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "shoplens", "train",
+         "model=resnet-test-tiny", "data.source=catalog:shapes", "data.image_size=32",
+         "train.epochs=2", "train.batch_size=8", "run_name=shapes-ddp", "--json"],
+        env={**os.environ, "SHOPLENS_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = proc.stdout.index("{")
+    out = json.loads(proc.stdout[start:])  # rank 0 alone reports
+    assert out["run_name"] == "shapes-ddp" and "{" not in proc.stdout[:start]
+    assert (Path(out["model_dir"]) / "model.json").is_file()
+    assert out["metrics"]["train/loss"] > 0
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Annotated, Any
 
 import typer
@@ -67,6 +68,8 @@ def train_command(
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("shoplens.training").setLevel(logging.INFO)
     result = run_experiment(cfg, resume=not fresh).to_dict()
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
     human = [
         f"run {result['run_name']} finished in {result['wall_time_s']:.0f}s "

@@ -94,11 +94,15 @@ def wrap_model(model: nn.Module, info: DistInfo) -> StepFn:
     """The callable computing ``model.training_step(batch)``; DDP-synchronised if world > 1.
 
     DDP broadcasts rank 0's weights when it wraps the model, so all ranks start equal.
+    Parameters a step may leave unused (an auxiliary head without labels in the batch, a
+    locked tower, a projection not on the loss path) are allowed.
     """
     if info.world_size == 1:
         return model.training_step  # type: ignore[return-value]
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return DistributedDataParallel(_TrainingStep(model), device_ids=device_ids)
+    return DistributedDataParallel(
+        _TrainingStep(model), device_ids=device_ids, find_unused_parameters=True
+    )
 
 
 def sync_gradients(step_fn: StepFn, sync: bool) -> AbstractContextManager[Any]:

@@ -111,6 +111,7 @@ class _Data:
     val: Dataset[Any] | None
     classes: tuple[str, ...]
     collate: Any
+    attributes: tuple[str, ...] = ()  # "key=value" outputs of a multi-label head
 
 
 def _fashion_mnist(cfg: ExperimentConfig, augment: Any) -> _Data:
@@ -155,7 +156,7 @@ def _catalog(cfg: ExperimentConfig, name: str, augment: Any) -> _Data:
         raise InvalidInputError(f"catalogue {name!r} has no products to train on")
     train = torch.utils.data.Subset(full, train_rows.tolist())
     val = torch.utils.data.Subset(full, keep[val_idx].tolist()) if len(val_idx) else None
-    return _Data(train, val, full.classes, augment)
+    return _Data(train, val, full.classes, augment, full.attribute_names)
 
 
 def load_data(cfg: ExperimentConfig, family: str = "") -> _Data:
@@ -186,8 +187,11 @@ def load_data(cfg: ExperimentConfig, family: str = "") -> _Data:
 # ---- models and their epoch-end metrics -----------------------------------------------
 
 
-def build_model(cfg: ExperimentConfig, classes: tuple[str, ...]) -> torch.nn.Module:
-    """The registered model with the data's classes filled in where the family has them."""
+def build_model(
+    cfg: ExperimentConfig, classes: tuple[str, ...], attributes: tuple[str, ...] = ()
+) -> torch.nn.Module:
+    """The registered model with the data's classes (and, for a classifier, the
+    catalogue's attribute values) filled in where the family has them."""
     from shoplens.registry import create_model, resolve_model_config
 
     family, raw = resolve_model_config(cfg.model)
@@ -195,6 +199,8 @@ def build_model(cfg: ExperimentConfig, classes: tuple[str, ...]) -> torch.nn.Mod
     if family in ("classifier", "clip") and "num_classes" in raw:
         overrides.setdefault("num_classes", len(classes))
         overrides.setdefault("class_names", list(classes))
+    if family == "classifier":
+        overrides.setdefault("attribute_names", list(attributes))
     return create_model(cfg.model, **overrides)
 
 
@@ -362,7 +368,7 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True) -> ExperimentR
         collate = None
     else:
         data = load_data(cfg, family)
-        model = build_model(cfg, data.classes)
+        model = build_model(cfg, data.classes, data.attributes)
         train, collate = data.train, data.collate
         eval_fn = _eval_fn(model, data.val, cfg)
     tracker = _tracker(cfg, run_name)
