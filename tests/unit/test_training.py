@@ -239,7 +239,7 @@ def test_resume_refuses_another_architecture_or_data_order(tmp_path: Path) -> No
     with pytest.raises(InvalidInputError) as err:
         fit(TinyRegressor(4, 12), data, cfg, run_dir=tmp_path)
     message = str(err.value)
-    assert "architecture" in message and "net.0.weight (8, 4) vs (12, 4)" in message
+    assert "architecture" in message and "net.0.weight [8, 4] vs [12, 4]" in message
     with pytest.raises(InvalidInputError, match=r"batch_size=16 \(now 32\)"):
         fit(TinyRegressor(4, 8), data, TrainConfig(epochs=1, batch_size=32), run_dir=tmp_path)
     fresh = fit(TinyRegressor(4, 12), data, cfg, run_dir=tmp_path, resume=False)
@@ -310,3 +310,24 @@ def test_accepts_a_dataloader_and_checks_the_step_contract(tmp_path: Path) -> No
     with pytest.raises(InvalidInputError, match="no full batch"):
         cfg = TrainConfig(epochs=1, batch_size=128, drop_last=True)
         fit(Linear(), data, cfg, run_dir=tmp_path / "tiny")
+
+
+def test_channels_last_trains_the_same_model(tmp_path: Path) -> None:
+    from shoplens.registry import create_model
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(32, 3, 16, 16, generator=gen)
+    labels = torch.randint(0, 4, (32,), generator=gen)
+    data = [{"image": images[i], "label": int(labels[i])} for i in range(32)]
+    trained = []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        model = create_model("resnet-test-tiny", attribute_names=[])
+        fit(
+            model, data, quick(epochs=2, batch_size=8, channels_last=cl), run_dir=tmp_path / str(cl)
+        )
+        trained.append(model.cpu())
+    plain, nhwc = (dict(m.state_dict()) for m in trained)
+    assert nhwc["image_tower.stem.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    for key, value in plain.items():
+        assert torch.allclose(value.float(), nhwc[key].float(), atol=1e-4), key

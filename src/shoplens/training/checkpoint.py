@@ -49,32 +49,9 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
 
 def check_compatible(model: nn.Module, state_dict: dict[str, Any], source: str) -> None:
     """Raise InvalidInputError naming the keys that differ between model and checkpoint."""
-    own = model.state_dict()
-    missing = sorted(own.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - own.keys())
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    problems = [
-        f"{label}: {_listed(keys)}"
-        for label, keys in (
-            ("missing in checkpoint", missing),
-            ("not in model", unexpected),
-            ("shape (checkpoint vs model)", shapes),
-        )
-        if keys
-    ]
-    if problems:
-        raise InvalidInputError(
-            f"checkpoint {source} does not match this model's architecture: " + "; ".join(problems)
-        )
+    from shoplens.models.io import check_state_dict
 
-
-def _listed(keys: list[str]) -> str:
-    more = len(keys) - MAX_LISTED_KEYS
-    return ", ".join(keys[:MAX_LISTED_KEYS]) + (f" and {more} more" if more > 0 else "")
+    check_state_dict(model, state_dict, f"checkpoint {source}")
 
 
 def all_finite(model: nn.Module) -> bool:

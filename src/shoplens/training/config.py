@@ -45,6 +45,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None  # plus one at every epoch end
     device: Device = "auto"
     precision: Precision = "fp32"  # bf16 = autocast to bfloat16 (no loss scaling needed)
+    channels_last: bool = False  # NHWC images and conv weights (faster with bf16 on CPU)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
 
     def __post_init__(self) -> None:

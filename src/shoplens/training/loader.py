@@ -95,16 +95,22 @@ def _set_dataset_epoch(dataset: Any, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` with every tensor (in dicts, lists, tuples) moved to ``device``."""
+def to_device(
+    batch: Any, device: torch.device, memory_format: torch.memory_format | None = None
+) -> Any:
+    """``batch`` with every tensor (in dicts, lists, tuples) moved to ``device``; 4-d
+    tensors (images) also converted to ``memory_format`` when given (e.g. channels_last)."""
     if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
+        out = batch.to(device, non_blocking=True)
+        if memory_format is not None and out.ndim == 4:
+            out = out.contiguous(memory_format=memory_format)
+        return out
     if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, memory_format) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
+        return type(batch)(*(to_device(v, device, memory_format) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device, memory_format) for v in batch)
     return batch
 
 

@@ -163,6 +163,9 @@ class _Trainer:
         self.cfg, self.run_dir, self.info = cfg, run_dir, info
         self.eval_fn, self.tracker, self.on_step = eval_fn, tracker, on_step
         self.model = model.to(info.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else None
+        if self.memory_format is not None:
+            self.model = self.model.to(memory_format=self.memory_format)
         self.loader = build_loader(train_data, cfg, info, collate_fn)
         self.batches_per_epoch = len(self.loader)
         if self.batches_per_epoch == 0:
@@ -249,7 +252,7 @@ class _Trainer:
         i, accum, n = self.pos.batch, self.cfg.accum_steps, self.batches_per_epoch
         group = min(accum, n - (i - i % accum))  # micro-batches in this step
         last = (i + 1) % accum == 0 or i + 1 == n
-        batch = to_device(batch, self.info.device)
+        batch = to_device(batch, self.info.device, self.memory_format)
         bf16 = self.cfg.precision == "bf16"
         with distributed.sync_gradients(self.step_fn, sync=last):
             with torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=bf16):
