@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ class CombinerConfig:
     dropout: float = 0.1
     init_temperature: float = 0.07
     base_model: str = ""
+    # "class": every target of the requested category is a positive (learns the category
+    # change, keeps the style through the image residual); "target": only the same item.
+    positives: Literal["class", "target"] = "class"
 
 
 def _proj(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -79,13 +82,16 @@ class Combiner(RegisteredModel):
         return F.normalize(out, dim=-1)
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Batch ``reference``, ``modifier``, ``target`` (B, D) [, ``target_id`` (B,)].
+        """Batch ``reference``, ``modifier``, ``target`` (B, D) [, ``target_id``,
+        ``target_class`` (B,)].
 
-        Rows with the same ``target_id`` are positives of each other (not negatives).
+        Rows with the same ``target_class`` (``positives="class"``) or ``target_id`` are
+        positives of each other (not negatives).
         """
         query = self(batch["reference"], batch["modifier"])  # (B, D)
         target = F.normalize(batch["target"], dim=-1)  # (B, D)
-        ids = batch.get("target_id")
+        key = "target_class" if self.cfg.positives == "class" else "target_id"
+        ids = batch.get(key, batch.get("target_id"))
         pos = positive_mask(ids) if ids is not None else None
         loss = self.loss_fn(query, target, pos)
         with torch.no_grad():
@@ -191,6 +197,7 @@ class TripletDataset(Dataset[dict[str, Any]]):
             "modifier": self.text_emb[self.text_index[i]],
             "target": self.image_emb[t.target],
             "target_id": t.target,
+            "target_class": t.target_class,
             "text": self.texts[i],
         }
 

@@ -268,7 +268,7 @@ def _eval_fn(model: torch.nn.Module, val: Dataset[Any] | None, cfg: ExperimentCo
 
 def _combiner_data(cfg: ExperimentConfig) -> tuple[Dataset[Any], Dataset[Any] | None, Path]:
     """Triplet datasets built from the embeddings of the trained clip model."""
-    from shoplens.data.datasets import FashionMNISTDataset
+    from shoplens.data.datasets import FashionMNISTDataset, stratified_split
     from shoplens.models.combiner import embed_dataset, make_triplet_dataset
     from shoplens.models.io import load_model
 
@@ -287,44 +287,52 @@ def _combiner_data(cfg: ExperimentConfig) -> tuple[Dataset[Any], Dataset[Any] | 
         raise InvalidInputError(f"data.base_model {base_dir} is not a clip-style model")
     base.eval()
     names = list(base.cfg.class_names)
-    sets = []
-    splits: tuple[tuple[Literal["train", "val"], int | None], ...] = (
-        ("train", cfg.data.limit),
-        ("val", cfg.data.eval_items),
+    # The clip model has seen the training split; its embeddings of unseen images are
+    # spread differently, and a combiner fitted on seen ones does not transfer. So the
+    # combiner learns on the split the clip run held out (same val_fraction and seed),
+    # half for training and half for its own validation.
+    held = FashionMNISTDataset.load(
+        "val", val_fraction=cfg.data.val_fraction or 0.1, seed=cfg.train.seed
     )
-    for split, limit in splits:
-        ds: Dataset[Any] = FashionMNISTDataset.load(
-            split, val_fraction=cfg.data.val_fraction or 0.1, seed=cfg.train.seed
-        )
-        if limit is not None:
-            ds = _subset(ds, limit, cfg.train.seed)
-        emb, labels = embed_dataset(base, ds)
+    if cfg.data.limit is not None:
+        held = _subset(held, cfg.data.limit, cfg.train.seed)  # type: ignore[assignment]
+    emb, labels = embed_dataset(base, held)
+    fit_rows, val_rows = stratified_split(labels, 0.5, cfg.train.seed)
+    sets = []
+    for rows, per_ref in ((fit_rows, 4), (val_rows[: cfg.data.eval_items], 1)):
         with torch.no_grad():
             sets.append(
                 make_triplet_dataset(
-                    emb,
-                    labels,
+                    emb[rows],
+                    labels[rows],
                     names,
                     lambda t: base.encode_text(t),
-                    seed=cfg.train.seed + (split == "val"),
+                    seed=cfg.train.seed + per_ref,
+                    per_reference=per_ref,
                 )
             )
     return sets[0], sets[1], base_dir
 
 
 def _combiner_eval(val: Any) -> Any:
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        q = m(val.image_emb[[t.reference for t in val.triplets]], val.text_emb[val.text_index])
-        target_cls = torch.tensor([t.target_class for t in val.triplets])
-        # R@1 "right category": the nearest item to the composed query has the target class.
-        labels = torch.full((len(val.image_emb),), -1, dtype=torch.long)
-        for t in val.triplets:
-            labels[t.target] = t.target_class
+    """Category R@1 of composed queries on held-out triplets: the nearest target to the
+    query has the requested category; the text and the image alone are the baselines."""
+    refs = val.image_emb[[t.reference for t in val.triplets]]  # (T, D)
+    mods = val.text_emb[val.text_index]  # (T, D)
+    target_cls = torch.tensor([t.target_class for t in val.triplets])  # (T,)
+    labels = torch.full((len(val.image_emb),), -1, dtype=torch.long)  # gallery: the targets
+    for t in val.triplets:
+        labels[t.target] = t.target_class
+
+    def r1(q: torch.Tensor) -> float:
         sims = q @ val.image_emb.T  # (T, N)
-        known = labels >= 0
-        sims[:, ~known] = -2.0
-        top = sims.argmax(1)
-        return {"val_category_r1": float((labels[top] == target_cls).float().mean())}
+        sims[:, labels < 0] = -2.0
+        return float((labels[sims.argmax(1)] == target_cls).float().mean())
+
+    baselines = {"val_category_r1_text_only": r1(mods), "val_category_r1_image_only": r1(refs)}
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        return {"val_category_r1": r1(m(refs, mods)), **baselines}
 
     return evaluate
 
