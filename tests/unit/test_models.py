@@ -238,6 +238,14 @@ def test_copy_detector_learns_to_match_altered_copies(product_image: Any) -> Non
     assert after >= before + 0.15, (before, after)
 
 
+def test_copy_detector_step_under_bf16_autocast(product_image: Any) -> None:
+    model = create_model("copydetect-test-tiny").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.training_step(images(product_image, per=2))
+    assert bool(torch.isfinite(out["loss"]))
+    out["loss"].backward()
+
+
 def test_clip_step_under_bf16_autocast_keeps_float32_loss(product_image: Any) -> None:
     model = create_model("clip-test-tiny").train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -65,7 +65,7 @@ class CopyDetector(RegisteredModel):
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Batch ``image`` (B, 3, H, W) of clean images -> InfoNCE of image vs altered copy."""
         clean = batch["image"]
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(clean.device.type, enabled=False):
             altered = self.alter(clean.float().cpu()).to(clean.device)  # (B, 3, H, W)
         a = self.encode_image(clean)  # (B, D)
         b = self.encode_image(altered)  # (B, D)
