@@ -180,11 +180,16 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -214,7 +219,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise InvalidInputError(f"override {item!r}: value is not valid YAML: {e}") from None
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def dotted_parent(data: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    """For ``"a.b.c"``: the section ``data["a"]["b"]`` (created when missing) and ``"c"``."""
     *parents, leaf = key.split(".")
     node = data
     for i, part in enumerate(parents):
@@ -223,6 +229,11 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             section = ".".join(parents[: i + 1])
             raise InvalidInputError(f"override {key}: {section} is not a section")
         node = child
+    return node, leaf
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node, leaf = dotted_parent(data, key)
     node[leaf] = value
 
 

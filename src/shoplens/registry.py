@@ -174,15 +174,11 @@ def merge_overrides(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
 
     A nested mapping replaces the section instead when it names another ``type``.
     """
+    from shoplens.config import dotted_parent
+
     out = copy.deepcopy(base)
     for key, value in overrides.items():
-        *parents, leaf = str(key).split(".")
-        node = out
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise InvalidInputError(f"override {key!r}: {part!r} is not a section")
-            node = child
+        node, leaf = dotted_parent(out, str(key))
         old = node.get(leaf)
         if isinstance(old, dict) and _mergeable(old, value):
             node[leaf] = merge_overrides(old, value)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from shoplens.config import artifact_root, tracking_uri
+from shoplens.config import tracking_uri
 from shoplens.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ def quiet_mlflow() -> Iterator[None]:
 
 def client() -> MlflowClient:
     """An MLflow client on shoplens' tracking URI."""
-    from mlflow import MlflowClient
+    from shoplens.training.tracking import mlflow_client
 
     with quiet_mlflow():
-        return MlflowClient(tracking_uri=tracking_uri())
+        return mlflow_client(tracking_uri())
 
 
 def check_run(run_id: str) -> None:
@@ -83,15 +83,12 @@ def log_eval(
     """Log params, metrics and the results JSON; into ``run_id`` if given. Returns the run id."""
     from mlflow.entities import Metric, Param, RunTag
 
+    from shoplens.training.tracking import ensure_experiment
+
     with quiet_mlflow():
         c = client()
         if run_id is None:
-            exp = c.get_experiment_by_name(EXPERIMENT)
-            exp_id = (
-                exp.experiment_id
-                if exp is not None
-                else c.create_experiment(EXPERIMENT, artifact_location=artifact_root())
-            )
+            exp_id = ensure_experiment(c, EXPERIMENT, tracking_uri())
             run_id = c.create_run(exp_id, run_name=run_name).info.run_id
             created = True
         else:

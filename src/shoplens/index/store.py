@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from shoplens.catalog.store import Catalog, Product
+from shoplens.config import fsync_dir
 from shoplens.errors import NotReadyError
 from shoplens.index.base import VectorIndex, default_factory, load_index, make_index
 
@@ -75,14 +76,6 @@ class IndexBuild:
 
 def index_root(catalog: Catalog, name: str) -> Path:
     return catalog.root / "indexes" / slug(name)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
@@ -193,7 +186,7 @@ def write_build(
         link_tmp = root / f".current-{build_id}"
         os.symlink(Path("builds") / build_id, link_tmp)
         os.replace(link_tmp, root / "current")
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -54,8 +54,8 @@ class TrainedEncoder(Encoder):
         cfg = getattr(model, "cfg", None)
         self.classes: tuple[str, ...] = tuple(getattr(cfg, "class_names", None) or ())
         self.held_out_classes = tuple(held_out_classes)  # left out of training (zero-shot)
-        head = self._head()
-        if head is not None and self.classes:
+        self._category_head = self._head()
+        if self._category_head is not None and self.classes:
             self.classify_images = self._classify  # the harness looks for this attribute
 
     def _head(self) -> Any:
@@ -71,7 +71,7 @@ class TrainedEncoder(Encoder):
         """Category logits (N, len(classes)) from the model's head."""
         import torch
 
-        head = self._head()
+        head = self._category_head
         out = []
         with torch.no_grad():
             for i in range(0, len(images), self.batch_size):

@@ -18,8 +18,6 @@ from torch import nn
 from shoplens.config import atomic_write
 from shoplens.errors import InvalidInputError, NotFoundError
 
-MAX_LISTED_KEYS = 5
-
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temp file, fsync, rename)."""

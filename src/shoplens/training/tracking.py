@@ -103,7 +103,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
     """An MlflowClient for ``uri`` (tracking and registry), imported quietly on first use."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -146,7 +146,7 @@ class MlflowTracker:
     def client(self) -> MlflowClient:
         """The MlflowClient (created, and MLflow imported, on first access)."""
         if self._mlflow is None:
-            self._mlflow = _client(self.uri)
+            self._mlflow = mlflow_client(self.uri)
         return self._mlflow
 
     def start(self, params: Mapping[str, Any], *, run_id: str | None = None) -> str:
@@ -251,22 +251,7 @@ class MlflowTracker:
         return self.run_id
 
     def _experiment_id(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        found = self.client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return str(found.experiment_id)
-        # A local SQLite store keeps artefacts under SHOPLENS_HOME (not ./mlruns);
-        # a tracking server decides for itself.
-        local = self.uri.startswith("sqlite:")
-        location = f"{artifact_root()}/{self.experiment}" if local else None
-        try:
-            return self.client.create_experiment(self.experiment, artifact_location=location)
-        except MlflowException:  # created meanwhile by another process
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is None:
-                raise
-            return str(found.experiment_id)
+        return ensure_experiment(self.client, self.experiment, self.uri)
 
     def _log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -274,6 +259,25 @@ class MlflowTracker:
         rows = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(rows), MLFLOW_BATCH):
             self.client.log_batch(self._active(), params=rows[i : i + MLFLOW_BATCH])
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created when missing (by another process too)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    # A local SQLite store keeps artefacts under SHOPLENS_HOME (not ./mlruns);
+    # a tracking server decides for itself.
+    location = f"{artifact_root()}/{name}" if uri.startswith("sqlite:") else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by another process
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
 
 
 def _check_alias(alias: str) -> None:
