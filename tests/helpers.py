@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from .conftest import make_product_image
 
@@ -88,3 +89,42 @@ def serve_process(home: Path, *args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+FASHION_CATEGORIES = [
+    "Ankle boot", "Bag", "Coat", "Dress", "Pullover",
+    "Sandal", "Shirt", "Sneaker", "T-shirt/top", "Trouser",
+]
+
+
+def random_item_space(
+    n_per_category: int = 20,
+    categories: list[str] | None = None,
+    dim: int = 16,
+    text_dim: int | None = 8,
+    seed: int = 0,
+) -> Any:
+    """A tiny ItemSpace: per category a random centre, items scattered around it."""
+    from shoplens.personalize.types import ItemSpace
+
+    names = sorted(categories or FASHION_CATEGORIES)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(names), dim))
+    cats = np.repeat(np.arange(len(names)), n_per_category)
+    image = centres[cats] + 0.7 * rng.normal(size=(len(cats), dim))
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text = None
+    if text_dim:
+        tc = rng.normal(size=(len(names), text_dim))
+        text = tc[cats] + 0.3 * rng.normal(size=(len(cats), text_dim))
+        text /= np.linalg.norm(text, axis=1, keepdims=True)
+    n = len(cats)
+    return ItemSpace(
+        ids=np.arange(1, n + 1, dtype=np.int64),
+        skus=[f"SKU-{i:04d}" for i in range(n)],
+        categories=cats.astype(np.int64),
+        category_names=names,
+        image=image.astype(np.float32),
+        text=None if text is None else text.astype(np.float32),
+        encoder="random-test",
+    )
