@@ -1,4 +1,5 @@
-"""``shoplens`` command line: demo, ingest, index, search, dedupe, serve, train, eval, models.
+"""``shoplens`` command line: demo, ingest, index, search, dedupe, serve, train, eval, models,
+events, simulate, recommend, keys.
 
 Human output by default, ``--json`` for machines. Exit 0 on success, 2 with a one-line
 ``error: ...`` on bad input (never a traceback for a user error).
@@ -16,6 +17,7 @@ import typer
 from shoplens import progress
 from shoplens.errors import InvalidInputError, ShoplensError
 from shoplens.eval.cli import eval_command
+from shoplens.personalize.cli import events_app, keys_app, recommend_app, simulate_app
 from shoplens.training.cli import models_app, train_command
 
 app = typer.Typer(
@@ -28,6 +30,10 @@ app = typer.Typer(
 index_app = typer.Typer(help="Build and list vector indexes.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(models_app, name="models")
+app.add_typer(events_app, name="events")
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(recommend_app, name="recommend")
+app.add_typer(keys_app, name="keys")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 CatalogOpt = Annotated[str, typer.Option("--catalog", "-c", help="Catalogue name.")]

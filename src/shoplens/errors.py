@@ -70,3 +70,17 @@ class TrainingError(ShoplensError):
 
     code = "training_failed"
     http_status = 422
+
+
+class UnauthorizedError(ShoplensError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(ShoplensError):
+    """A valid API key whose scope does not allow the request."""
+
+    code = "forbidden"
+    http_status = 403

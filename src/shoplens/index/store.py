@@ -136,46 +136,21 @@ def _previous_cache(catalog: Catalog, name: str) -> dict[str, np.ndarray]:
     return {k: old.embeddings[i] for i, k in enumerate(old.keys)}
 
 
-def write_build(
-    catalog: Catalog,
-    name: str,
-    *,
-    ids: np.ndarray,
-    keys: list[str],
-    embeddings: np.ndarray,
-    factory: str | None,
-    extra_meta: dict[str, Any],
-    extra_writer: Callable[[Path], None] | None = None,
-) -> IndexBuild:
-    """Write a complete build, then point ``current`` at it atomically."""
-    root = index_root(catalog, name)
+def publish_build(root: Path, write: Callable[[Path], dict[str, Any]], keep: int = 2) -> Path:
+    """Write a complete build under ``root/builds/`` and point ``root/current`` at it.
+
+    ``write(folder)`` fills a temp folder and returns its metadata (saved as meta.json);
+    every file is fsynced, the folder renamed into place and ``current`` (a relative
+    symlink) replaced atomically, so readers see the old build or the new one, never
+    half of one. Older builds beyond ``keep`` are deleted. Returns the new build's path.
+    """
     builds = root / "builds"
     builds.mkdir(parents=True, exist_ok=True)
     build_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**6:06d}"
     tmp = builds / f".tmp-{build_id}"
     tmp.mkdir()
     try:
-        dim = int(embeddings.shape[1])
-        factory = factory or default_factory(len(ids))
-        index = make_index(dim, factory)
-        if len(ids):
-            index.add(ids, embeddings)
-        index.save(tmp / "index")
-        _write_npy(tmp / "ids.npy", ids.astype(np.int64))
-        _write_npy(tmp / "embeddings.npy", embeddings.astype(np.float32))
-        (tmp / "keys.json").write_text(json.dumps(keys))
-        if extra_writer is not None:
-            extra_writer(tmp)
-        meta = {
-            "name": name,
-            "catalog": catalog.name,
-            "catalog_version": catalog.version(),
-            "factory": factory,
-            "dim": dim,
-            "count": len(ids),
-            "built_at": time.time(),
-            **extra_meta,
-        }
+        meta = write(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         for f in tmp.rglob("*"):
             if f.is_file():
@@ -190,16 +165,51 @@ def write_build(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _prune(builds, keep=final.name)
-    return load_build(catalog, name)
-
-
-def _prune(builds: Path, keep: str) -> None:
-    """Delete all but the newest KEEP_BUILDS builds (never the current one)."""
     done = sorted((d for d in builds.iterdir() if not d.name.startswith(".")), key=lambda d: d.name)
-    for d in done[:-KEEP_BUILDS]:
-        if d.name != keep:
+    for d in done[:-keep]:
+        if d.name != final.name:
             shutil.rmtree(d, ignore_errors=True)
+    return final
+
+
+def write_build(
+    catalog: Catalog,
+    name: str,
+    *,
+    ids: np.ndarray,
+    keys: list[str],
+    embeddings: np.ndarray,
+    factory: str | None,
+    extra_meta: dict[str, Any],
+    extra_writer: Callable[[Path], None] | None = None,
+) -> IndexBuild:
+    """Write a complete build, then point ``current`` at it atomically."""
+    dim = int(embeddings.shape[1])
+    factory = factory or default_factory(len(ids))
+
+    def write(tmp: Path) -> dict[str, Any]:
+        index = make_index(dim, factory)
+        if len(ids):
+            index.add(ids, embeddings)
+        index.save(tmp / "index")
+        _write_npy(tmp / "ids.npy", ids.astype(np.int64))
+        _write_npy(tmp / "embeddings.npy", embeddings.astype(np.float32))
+        (tmp / "keys.json").write_text(json.dumps(keys))
+        if extra_writer is not None:
+            extra_writer(tmp)
+        return {
+            "name": name,
+            "catalog": catalog.name,
+            "catalog_version": catalog.version(),
+            "factory": factory,
+            "dim": dim,
+            "count": len(ids),
+            "built_at": time.time(),
+            **extra_meta,
+        }
+
+    publish_build(index_root(catalog, name), write, keep=KEEP_BUILDS)
+    return load_build(catalog, name)
 
 
 def embed_products(

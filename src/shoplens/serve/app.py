@@ -26,16 +26,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shoplens import __version__
 from shoplens.errors import (
     InvalidInputError,
+    NotReadyError,
     PayloadTooLargeError,
     ServiceUnavailableError,
     ShoplensError,
 )
 from shoplens.search.engine import Filters, SearchEngine
+from shoplens.serve.keys import KeyStore
 from shoplens.serve.metrics import Metrics
 from shoplens.serve.schemas import (
+    CompleteTheLookResponse,
     ErrorResponse,
+    EventsRequest,
+    EventsResponse,
     HitOut,
+    LookGroup,
     ProductOut,
+    RecommendationsResponse,
+    RecommendedOut,
     SearchRequest,
     SearchResponse,
 )
@@ -43,7 +51,7 @@ from shoplens.serve.settings import ServiceSettings
 
 log = logging.getLogger("shoplens.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 404, 409, 413, 422, 503)
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)
 }
 
 
@@ -81,6 +89,53 @@ class ServiceState:
                 return self.engine
             why = self.error or "the index is still loading"
         raise ServiceUnavailableError(f"service not ready: {why}")
+
+
+class RecsState:
+    """The catalogue's recommender build, loaded on first use and reloaded when a newer
+    build is published (``shoplens recommend fit`` while the service runs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.recs: Any = None  # shoplens.personalize.service.Recommendations
+
+    def get(self, engine: SearchEngine) -> Any:
+        from shoplens.personalize.service import Recommendations, recs_root
+
+        current = recs_root(engine.catalog) / "current"
+        target = current.resolve() if current.exists() else None
+        with self._lock:
+            if self.recs is not None and self.recs.path == target:
+                return self.recs
+            if target is None:
+                raise NotReadyError(
+                    f"no recommender for catalogue {engine.catalog.name!r}; run 'shoplens "
+                    f"recommend fit --catalog {engine.catalog.name}'"
+                )
+            old, self.recs = self.recs, Recommendations(engine.catalog)
+        if old is not None:
+            old.close()
+        return self.recs
+
+
+def api_key(request: Request) -> str | None:
+    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key``."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def require(scope: str, *, optional_setting: str | None = None) -> Any:
+    """Dependency: a live API key with ``scope`` (skipped when the named setting is off)."""
+
+    def check(request: Request) -> None:
+        settings: ServiceSettings = request.app.state.shoplens.settings
+        if optional_setting is not None and not getattr(settings, optional_setting):
+            return
+        request.app.state.keys.authenticate(api_key(request), scope)
+
+    return Depends(check)
 
 
 def get_engine(request: Request) -> SearchEngine:
@@ -168,6 +223,30 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.shoplens = state
     app.state.metrics = metrics
+    app.state.keys = KeyStore()
+    recs_state = RecsState()
+    events_lock = threading.Lock()
+    events_store: dict[str, Any] = {}
+
+    def event_store(engine: SearchEngine) -> Any:
+        from shoplens.personalize.events import EventStore
+
+        with events_lock:
+            if "store" not in events_store:
+                events_store["store"] = EventStore.open(engine.catalog)
+            return events_store["store"]
+
+    def recommended_out(recs: list[Any]) -> list[RecommendedOut]:
+        return [
+            RecommendedOut(
+                **r.product.to_dict(),
+                score=r.score,
+                sources=r.sources,
+                image_url=f"/v1/products/{quote(r.product.sku, safe='')}/image",
+            )
+            for r in recs
+        ]
+
     _install_handlers(app)
 
     @app.middleware("http")
@@ -239,11 +318,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         except ValidationError as e:
             raise InvalidInputError(_validation_message(list(e.errors()))) from e
 
+    read_key = require("read", optional_setting="read_requires_key")
+
     @app.post(
         "/v1/search",
         response_model=SearchResponse,
         tags=["search"],
         responses=ERRORS,
+        dependencies=[read_key],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -331,6 +413,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         response_model=SearchResponse,
         tags=["products"],
         responses=ERRORS,
+        dependencies=[read_key],
     )
     def similar(
         sku: str,
@@ -373,6 +456,88 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "encoder": engine.image_build.encoder,
         }
 
+    @app.post(
+        "/v1/events",
+        response_model=EventsResponse,
+        tags=["personalization"],
+        responses=ERRORS,
+        dependencies=[require("write")],
+    )
+    def post_events(req: EventsRequest, engine: Engine) -> Any:
+        """Store a batch of customer events (idempotent by ``event_id``; needs a write key).
+
+        Each event is validated: unknown sku, bad type or a future timestamp is reported
+        in ``rejected`` and not stored; valid events are stored in one transaction. When
+        no event could be stored the answer is 422 with the same report.
+        """
+        if len(req.events) > settings.max_events_per_request:
+            raise PayloadTooLargeError(
+                f"at most {settings.max_events_per_request} events per request"
+            )
+        report = event_store(engine).add(req.events, strict=req.strict, source="api")
+        body = report.to_dict()
+        metrics.events.labels("accepted").inc(report.accepted)
+        metrics.events.labels("duplicate").inc(report.duplicates)
+        metrics.events.labels("rejected").inc(report.rejected_count)
+        if report.accepted == 0 and report.rejected_count > 0:
+            first = report.rejected[0]
+            msg = f"no event stored: event {first.position}: {first.reason}"
+            return JSONResponse(
+                {"error": {"code": "invalid_input", "message": msg}, "report": body},
+                status_code=422,
+            )
+        return body
+
+    @app.get(
+        "/v1/customers/{customer_id}/recommendations",
+        response_model=RecommendationsResponse,
+        tags=["personalization"],
+        responses=ERRORS,
+        dependencies=[read_key],
+    )
+    def customer_recommendations(
+        customer_id: str, engine: Engine, k: Annotated[int, Query(ge=1, le=100)] = 10
+    ) -> RecommendationsResponse:
+        """Products for a customer, from their stored events at request time.
+
+        A customer without events gets popular products, ``personalized: false`` and
+        ``fallback: "popular"``. ``simulated`` is true for the simulator's customers.
+        """
+        if k > settings.max_k:
+            raise InvalidInputError(f"k must be at most {settings.max_k}")
+        t0 = time.perf_counter()
+        recs = recs_state.get(engine)
+        out = recs.for_customer(customer_id, k)
+        metrics.search_seconds.labels("recommend").observe(time.perf_counter() - t0)
+        return RecommendationsResponse(
+            **{key: v for key, v in out.items() if key != "results"},
+            model={key: recs.meta.get(key) for key in ("fitted_at", "events", "simulated")},
+            count=len(out["results"]),
+            results=recommended_out(out["results"]),
+        )
+
+    @app.get(
+        "/v1/products/{sku}/complete-the-look",
+        response_model=CompleteTheLookResponse,
+        tags=["personalization"],
+        responses=ERRORS,
+        dependencies=[read_key],
+    )
+    def complete_the_look(
+        sku: str, engine: Engine, k: Annotated[int, Query(ge=1, le=20)] = 4
+    ) -> CompleteTheLookResponse:
+        """Compatible products from other categories (learned from items bought together)."""
+        out = recs_state.get(engine).complete_the_look(sku, k)
+        return CompleteTheLookResponse(
+            sku=out["sku"],
+            category=out["category"],
+            groups=[
+                LookGroup(category=g["category"], results=recommended_out(g["results"]))
+                for g in out["groups"]
+            ],
+        )
+
+    app.state.recs = recs_state
     from shoplens.serve.ui import install_ui  # ui.py builds on this module
 
     install_ui(app)  # web pages and /static, after the API routes

@@ -32,3 +32,9 @@ class Metrics:
             "shoplens_index_vectors", "Vectors in the served image index", registry=self.registry
         )
         self.ready = Gauge("shoplens_ready", "1 once the index is loaded", registry=self.registry)
+        self.events = Counter(
+            "shoplens_events_total",
+            "Customer events received, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )

@@ -15,3 +15,5 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = 10 * 1024 * 1024
     max_k: int = 100
     load_in_background: bool = True
+    read_requires_key: bool = False  # true: search/recommendation routes need a read key
+    max_events_per_request: int = 10_000

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Protocol
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
@@ -30,7 +30,13 @@ from starlette.datastructures import UploadFile
 
 from shoplens import __version__
 from shoplens.data.images import ALLOWED_FORMATS, decode_image
-from shoplens.errors import ImageError, NotFoundError, PayloadTooLargeError
+from shoplens.errors import (
+    ImageError,
+    InvalidInputError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+)
 from shoplens.search.engine import MAX_QUERY_CHARS, Filters, Hit, SearchEngine
 from shoplens.serve.app import Engine, parse_attr_params
 
@@ -57,7 +63,7 @@ class NavLink:
 
 
 #: Main navigation; later pages (personalization, generation) append their entry here.
-NAV: list[NavLink] = [NavLink("Search", "/")]
+NAV: list[NavLink] = [NavLink("Search", "/"), NavLink("Customers", "/customers")]
 
 
 class ProductLike(Protocol):
@@ -178,6 +184,10 @@ ERROR_COPY: dict[int, tuple[str, str]] = {
     503: ("The catalogue is still loading", "Wait a few seconds, then try again."),
 }
 SERVER_ERROR = ("Something went wrong on our side", "Please try again in a minute.")
+RECS_NOT_READY = (
+    "Recommendations are not set up yet",
+    "Ask the shop owner to load customer events and fit the recommender. Search works already.",
+)
 UNAVAILABLE = ("Search is not available", "The catalogue could not be loaded. Try again later.")
 
 
@@ -186,6 +196,8 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     heading, advice = ERROR_COPY.get(status, SERVER_ERROR)
     if status == 404 and request.url.path.startswith("/products/"):
         heading = "Product not found"
+    if status == 409 and request.url.path.startswith("/customers"):
+        heading, advice = RECS_NOT_READY
     if status == 503 and request.app.state.shoplens.error:
         heading, advice = UNAVAILABLE
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
@@ -376,6 +388,107 @@ def product_page(request: Request, engine: Engine, sku: str) -> HTMLResponse:
         "attributes": sorted(product.attributes.items()),
         "similar": engine.similar(product.sku, k=SIMILAR_K),
         "category_url": SearchQuery(product.category, product.category).url(),
-        "complete_the_look": [],
+        "complete_the_look": _complete_the_look(request, engine, product.sku),
     }
     return templates.TemplateResponse(request, "product.html", context)
+
+
+# ---- personalization -----------------------------------------------------------------------
+LOOK_K = 4
+RECS_K = 12
+DEMO_CUSTOMERS = 12
+
+
+@dataclass
+class Card:
+    """What ``product_grid`` shows for a recommended product."""
+
+    sku: str
+    title: str
+    category: str
+    attributes: dict[str, str]
+    image_url: str
+
+
+def _card(product: Any) -> Card:
+    return Card(
+        product.sku,
+        product.title,
+        product.category,
+        product.attributes,
+        f"/v1/products/{quote(product.sku, safe='')}/image",
+    )
+
+
+def _recs(request: Request, engine: SearchEngine) -> Any:
+    return request.app.state.recs.get(engine)
+
+
+def _complete_the_look(request: Request, engine: SearchEngine, sku: str) -> list[dict[str, Any]]:
+    """Groups of products that go with ``sku`` (none while no recommender is fitted)."""
+    try:
+        look = _recs(request, engine).complete_the_look(sku, LOOK_K)
+    except (NotReadyError, NotFoundError):
+        return []
+    return [
+        {"category": g["category"], "hits": [_card(r.product) for r in g["results"]]}
+        for g in look["groups"]
+        if g["results"]
+    ]
+
+
+@router.get("/customers", response_class=HTMLResponse)
+def customers_page(request: Request, engine: Engine, id: str = "") -> Response:
+    """Pick a customer: a form for an id, and links to some (simulated) demo customers."""
+    customer = id.strip()
+    errors: dict[str, str] = {}
+    if customer:
+        if len(customer) <= 128:
+            return RedirectResponse(customer_url(customer), status_code=303)
+        errors["customer-id"] = "Use at most 128 characters for a customer id."
+    recs = _recs(request, engine)
+    ids = recs.events.customer_ids(limit=DEMO_CUSTOMERS)
+    demo = [(c, recs.events.is_simulated_customer(c)) for c in ids]
+    context = {
+        "title": ("Error: " if errors else "") + "Customers",
+        "demo": demo,
+        "any_simulated": any(sim for _, sim in demo),
+        "errors": errors,
+        "first_error": next(iter(errors), None),
+        "value": customer,
+    }
+    return templates.TemplateResponse(
+        request, "customers.html", context, status_code=400 if errors else 200
+    )
+
+
+def customer_url(customer_id: str) -> str:
+    return f"/customers/{quote(customer_id, safe='')}"
+
+
+@router.get("/customers/{customer_id:path}", response_class=HTMLResponse)
+def customer_page(request: Request, engine: Engine, customer_id: str) -> HTMLResponse:
+    """Recommendations for one customer, with what they did recently."""
+    recs = _recs(request, engine)
+    try:
+        out = recs.for_customer(customer_id, RECS_K)
+    except InvalidInputError as e:
+        raise InvalidInputError(f"That customer id cannot be used: {e.message}.") from None
+    recent = recs.events.customer_events(customer_id, limit=30)
+    seen: list[Any] = []
+    for event in reversed(recent):
+        if event.sku not in {c.sku for c in seen}:
+            try:
+                seen.append(_card(engine.catalog.get(event.sku)))
+            except NotFoundError:
+                continue
+        if len(seen) == 6:
+            break
+    context = {
+        "title": f"Recommendations for {_shorten(customer_id, 40)}",
+        "customer_id": customer_id,
+        "out": out,
+        "hits": [_card(r.product) for r in out["results"]],
+        "recent": seen,
+    }
+    return templates.TemplateResponse(request, "customer.html", context)
