@@ -110,9 +110,7 @@ class Interactions:
         if len(self.items) == 0:
             return out
         bounds = np.flatnonzero(np.diff(self.customers)) + 1
-        for start, stop in zip(
-            np.r_[0, bounds], np.r_[bounds, len(self.items)], strict=True
-        ):
+        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(self.items)], strict=True):
             c = int(self.customers[start])
             out[c] = History(
                 self.items[start:stop], self.types[start:stop], self.timestamps[start:stop]
