@@ -69,11 +69,16 @@ def _join(*parts: str) -> str:
     return "\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"
 
 
+#: Sections other commands append; regenerating the foundation report keeps them.
+RECS_HEADING = "## Recommendations (simulated customers)"
+KEPT_SECTIONS = (TRAINED_HEADING, RECS_HEADING)
+
+
 def write_foundation_report(out: Path, markdown: str) -> None:
-    """Write the regenerated foundation report, keeping an existing trained-models section."""
+    """Write the regenerated foundation report, keeping the sections of KEPT_SECTIONS."""
     existing = Path(out).read_text(encoding="utf-8") if Path(out).is_file() else ""
-    _, section, _ = split_section(existing)
-    write_atomic(Path(out), _join(markdown, section))
+    kept = [split_section(existing, heading)[1] for heading in KEPT_SECTIONS]
+    write_atomic(Path(out), _join(markdown, *kept))
 
 
 def _cell(value: object) -> str:

@@ -91,6 +91,22 @@ def events_stats(catalog: CatalogOpt = "fashion-mnist", as_json: JsonOpt = False
 
 
 # ---- simulate -----------------------------------------------------------------------
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """``["repeat_rate=0.2", ...]`` -> ``{"repeat_rate": 0.2}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--set {item!r} must look like field=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 @simulate_app.command("events")
 def simulate_events(
     catalog: CatalogOpt = "fashion-mnist",
@@ -111,9 +127,9 @@ def simulate_events(
     from shoplens.catalog.store import Catalog
     from shoplens.personalize.events import EventStore
     from shoplens.personalize.items import item_space
-    from shoplens.personalize.simulate import simulate, simulator_config, write_events
+    from shoplens.personalize.simulate import preset_config, simulate, write_events
 
-    cfg = simulator_config(preset, n_customers=customers, seed=seed, overrides=set_ or [])
+    cfg = preset_config(preset, n_customers=customers, seed=seed, **_overrides(set_ or []))
     with Catalog.open(catalog) as cat:
         items = item_space(cat, text=False)
         sim = simulate(items, cfg)

@@ -85,8 +85,14 @@ def fit_recommendations(
     ranker = FusedRanker(**(ranker_options or {}))
     ranker.fit(data, items)
     say(f"fused ranker fitted ({time.perf_counter() - t0:.0f}s); complete-the-look ...")
-    look = CompleteTheLook()
-    look.fit(data, items)
+    look: CompleteTheLook | None = None
+    look_note = "fitted"
+    try:
+        look = CompleteTheLook()
+        look.fit(data, items)
+    except InvalidInputError as e:  # e.g. no cross-category purchases to learn from
+        look, look_note = None, f"unavailable: {e.message}"
+        say(f"complete-the-look {look_note}")
     simulated = int(stats.get("simulated_events", 0))
 
     def write(folder: Path) -> dict[str, Any]:
@@ -103,6 +109,7 @@ def fit_recommendations(
             "simulated": simulated > 0,
             "fitted_at": time.time(),
             "fit_s": round(time.perf_counter() - t0, 1),
+            "complete_the_look": look_note,
         }
 
     build = publish_build(recs_root(catalog), write)
@@ -184,6 +191,13 @@ class Recommendations:
             raise NotReadyError(
                 f"product {sku!r} is not indexed yet; run 'shoplens index build' and "
                 "'shoplens recommend fit'"
+            )
+        if self.look is None:
+            raise NotReadyError(
+                "complete-the-look is not available for this catalogue: "
+                + str(self.meta.get("complete_the_look", "not fitted")).removeprefix(
+                    "unavailable: "
+                )
             )
         with self._lock:
             groups = self.look.complete(item, k_per_category=k)
