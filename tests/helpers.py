@@ -92,8 +92,16 @@ def serve_process(home: Path, *args: str) -> Iterator[str]:
 
 
 FASHION_CATEGORIES = [
-    "Ankle boot", "Bag", "Coat", "Dress", "Pullover",
-    "Sandal", "Shirt", "Sneaker", "T-shirt/top", "Trouser",
+    "Ankle boot",
+    "Bag",
+    "Coat",
+    "Dress",
+    "Pullover",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "T-shirt/top",
+    "Trouser",
 ]
 
 
@@ -128,3 +136,44 @@ def random_item_space(
         text=None if text is None else text.astype(np.float32),
         encoder="random-test",
     )
+
+
+OUTFITS = {0: 1, 1: 0, 2: 3, 3: 2}  # category code -> the category bought with it
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def sku(category: int, i: int) -> str:
+    """The sku ``write_catalog`` gives product ``i`` of category code ``category``."""
+    return f"SKU-{category}{i:02d}"
+
+
+def outfit_events(n_customers: int, per_category: int, prefix: str = "c") -> list[dict[str, Any]]:
+    """Events over a ``write_catalog`` catalogue: each customer views and clicks in a
+    favourite category, then buys three outfits (an item of it with one of the category
+    ``OUTFITS`` pairs it with: Red circle + Blue square, Green triangle + Yellow stripes)."""
+    events: list[dict[str, Any]] = []
+    for c in range(n_customers):
+        fav, cid = c % 4, f"{prefix}{c}"
+        t = T0 + c * 86_400
+        for j in range(6):
+            events.append(
+                {
+                    "event_id": f"{cid}-e{j}",
+                    "customer_id": cid,
+                    "sku": sku(fav, (c + j) % per_category),
+                    "type": "view" if j % 3 else "click",
+                    "timestamp": t + 60 * j,
+                }
+            )
+        for n in range(3):
+            for m, s in enumerate((sku(fav, n), sku(OUTFITS[fav], n))):
+                events.append(
+                    {
+                        "event_id": f"{cid}-p{n}{m}",
+                        "customer_id": cid,
+                        "sku": s,
+                        "type": "purchase",
+                        "timestamp": t + 3600 * (n + 1) + 60 * m,
+                    }
+                )
+    return events

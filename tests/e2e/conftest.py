@@ -37,10 +37,34 @@ def browser_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def ui_url(browser_tools: None, built_catalog: str) -> Iterator[str]:
+def recs_catalog(session_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny catalogue like ``built_catalog`` plus customer events (8 real customers, 4
+    simulated ones whose events are stored as simulated) and a fitted recommender."""
+    from shoplens.catalog.ingest import ingest_manifest
+    from shoplens.catalog.store import Catalog
+    from shoplens.index.build import build_indexes
+    from shoplens.personalize.events import EventStore
+    from shoplens.personalize.service import fit_recommendations
+
+    from ..conftest import PER_CATEGORY, write_catalog
+    from ..helpers import outfit_events
+
+    name = "tiny-shop"
+    ingest_manifest(write_catalog(tmp_path_factory.mktemp("tiny-shop-src")), name)
+    with Catalog.open(name) as cat:
+        build_indexes(cat, "test-tiny", text_encoder="test-tiny-text")
+        with EventStore.open(cat) as store:
+            store.add(outfit_events(8, PER_CATEGORY))
+            store.add(outfit_events(4, PER_CATEGORY, prefix="sim-c"), simulated=True)
+        fit_recommendations(cat)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ui_url(browser_tools: None, recs_catalog: str) -> Iterator[str]:
     """Base URL of the service (API + web UI) over the tiny test catalogue."""
     settings = ServiceSettings(
-        catalog=built_catalog, load_in_background=False, max_upload_bytes=UPLOAD_LIMIT
+        catalog=recs_catalog, load_in_background=False, max_upload_bytes=UPLOAD_LIMIT
     )
     with serve_in_thread(create_app(settings)) as url:
         yield url

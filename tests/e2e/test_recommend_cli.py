@@ -25,8 +25,15 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = write_catalog(tmp_path_factory.mktemp("recs-cli-src"), per_category=8)
     run(home, "ingest", str(manifest), "--name", "shop")
     run(
-        home, "index", "build", "-c", "shop", "--encoder", "test-tiny",
-        "--text-encoder", "test-tiny-text",
+        home,
+        "index",
+        "build",
+        "-c",
+        "shop",
+        "--encoder",
+        "test-tiny",
+        "--text-encoder",
+        "test-tiny-text",
     )
     return home
 
@@ -34,8 +41,19 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_simulate_import_fit_recommend_and_serve(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "sim.jsonl"
     sim = run(
-        home, "simulate", "events", "-c", "shop", "--customers", "40", "--preset", "visual",
-        "--out", str(out), "--set", "new_item_share=0.2",
+        home,
+        "simulate",
+        "events",
+        "-c",
+        "shop",
+        "--customers",
+        "40",
+        "--preset",
+        "visual",
+        "--out",
+        str(out),
+        "--set",
+        "new_item_share=0.2",
     )
     assert "SIMULATED" in sim.stdout and "stored in catalogue shop" in sim.stdout
     first = json.loads(out.read_text().splitlines()[0])
@@ -54,8 +72,9 @@ def test_simulate_import_fit_recommend_and_serve(home: Path, tmp_path: Path) -> 
     )
     rejects = tmp_path / "rejects.jsonl"
     imp = json.loads(
-        run(home, "events", "import", str(csv), "-c", "shop", "--rejects", str(rejects),
-            "--json").stdout
+        run(
+            home, "events", "import", str(csv), "-c", "shop", "--rejects", str(rejects), "--json"
+        ).stdout
     )
     assert imp["accepted"] == 2 and imp["rejected_count"] == 1
     assert "NOPE" in rejects.read_text()
@@ -67,18 +86,21 @@ def test_simulate_import_fit_recommend_and_serve(home: Path, tmp_path: Path) -> 
     fit = run(home, "recommend", "fit", "-c", "shop").stdout
     assert "recommender fitted" in fit and "SIMULATED" in fit
 
-    alice = json.loads(run(home, "recommend", "-c", "shop", "--customer", "alice", "-k", "5",
-                           "--json").stdout)
+    alice = json.loads(
+        run(home, "recommend", "-c", "shop", "--customer", "alice", "-k", "5", "--json").stdout
+    )
     assert alice["personalized"] and not alice["simulated"] and len(alice["results"]) == 5
     assert not {"SKU-000", "SKU-001"} & {r["sku"] for r in alice["results"]}
     simc = run(home, "recommend", "-c", "shop", "--customer", first["customer_id"]).stdout
     assert "SIMULATED" in simc
-    nobody = json.loads(run(home, "recommend", "-c", "shop", "--customer", "nobody",
-                            "--json").stdout)
+    nobody = json.loads(
+        run(home, "recommend", "-c", "shop", "--customer", "nobody", "--json").stdout
+    )
     assert not nobody["personalized"] and nobody["fallback"] == "popular"
     # generic categories: the simulator makes no outfits, so there is nothing to learn from
-    look = run(home, "recommend", "-c", "shop", "--sku", "SKU-000", "--complete-the-look",
-               check=False)
+    look = run(
+        home, "recommend", "-c", "shop", "--sku", "SKU-000", "--complete-the-look", check=False
+    )
     assert look.returncode == 2 and "complete-the-look is not available" in look.stderr
 
     bad = run(home, "recommend", "-c", "shop", check=False)
@@ -87,8 +109,7 @@ def test_simulate_import_fit_recommend_and_serve(home: Path, tmp_path: Path) -> 
     assert bad.returncode == 2 and "--complete-the-look" in bad.stderr
     bad = run(home, "simulate", "events", "-c", "shop", "--preset", "nope", check=False)
     assert bad.returncode == 2 and "preset" in bad.stderr
-    bad = run(home, "simulate", "events", "-c", "shop", "--set", "taste_strength=2",
-              check=False)
+    bad = run(home, "simulate", "events", "-c", "shop", "--set", "taste_strength=2", check=False)
     assert bad.returncode == 2 and "taste_strength" in bad.stderr
 
     key = json.loads(run(home, "keys", "create", "--scope", "write", "--json").stdout)["key"]
@@ -98,16 +119,27 @@ def test_simulate_import_fit_recommend_and_serve(home: Path, tmp_path: Path) -> 
     assert {k["scope"] for k in listed} == {"write", "read"}
     assert key not in json.dumps(listed)
     with serve_process(home, "--catalog", "shop") as base:
-        ev = {"events": [{"event_id": "h1", "customer_id": "bob", "sku": "SKU-100",
-                          "type": "click", "timestamp": "2025-12-02T09:00:00Z"}]}
+        ev = {
+            "events": [
+                {
+                    "event_id": "h1",
+                    "customer_id": "bob",
+                    "sku": "SKU-100",
+                    "type": "click",
+                    "timestamp": "2025-12-02T09:00:00Z",
+                }
+            ]
+        }
         assert httpx.post(f"{base}/v1/events", json=ev, timeout=30).status_code == 401
-        r = httpx.post(f"{base}/v1/events", json=ev, timeout=30,
-                       headers={"Authorization": f"Bearer {key}"})
+        r = httpx.post(
+            f"{base}/v1/events", json=ev, timeout=30, headers={"Authorization": f"Bearer {key}"}
+        )
         assert r.status_code == 200 and r.json()["accepted"] == 1
         r = httpx.get(f"{base}/v1/customers/bob/recommendations", params={"k": 3}, timeout=30)
         assert r.status_code == 200 and r.json()["personalized"]
         key_id = next(k["id"] for k in listed if k["scope"] == "write")
         run(home, "keys", "revoke", key_id)
-        r = httpx.post(f"{base}/v1/events", json=ev, timeout=30,
-                       headers={"Authorization": f"Bearer {key}"})
+        r = httpx.post(
+            f"{base}/v1/events", json=ev, timeout=30, headers={"Authorization": f"Bearer {key}"}
+        )
         assert r.status_code == 401 and "revoked" in r.text

@@ -25,6 +25,11 @@ STATES = {
     "error 400 (empty query)": "/search?q=",
     "error 404 (unknown sku)": "/products/NOPE",
     "product": "/products/SKU-001",
+    "customers": "/customers",
+    "customer (simulated)": "/customers/sim-c1",
+    "customer (real)": "/customers/c2",
+    "customer (unknown: popular fallback)": "/customers/nobody",
+    "error 400 (customer id too long)": "/customers?id=" + "x" * 300,
 }
 MODES: dict[str, dict[str, Any]] = {
     "light": {"size": {"width": 1280, "height": 800}, "scheme": "light"},
@@ -76,6 +81,9 @@ def tab_until(page: Page, wanted: Callable[[dict[str, Any]], bool], limit: int =
         page.keyboard.press("Tab")
         info: dict[str, Any] = page.evaluate(FOCUS_INFO)
         if wanted(info):
+            if not info["inViewport"]:  # smooth scrolling may still be bringing it in
+                page.wait_for_function(f"({FOCUS_INFO})().inViewport", timeout=3000)
+                info = page.evaluate(FOCUS_INFO)
             assert info["inViewport"], f"focused element is off screen: {info}"
             assert info["ring"], f"focused element has no visible focus ring: {info}"
             return info
@@ -99,7 +107,9 @@ def test_keyboard_only_journey(page: Page, ui_url: str) -> None:
     assert similar["href"].startswith("/products/") and similar["href"] != result["href"]
 
 
-@pytest.mark.parametrize("path", ["/", "/search?q=yellow+stripes", "/products/SKU-001"])
+@pytest.mark.parametrize(
+    "path", ["/", "/search?q=yellow+stripes", "/products/SKU-001", "/customers/sim-c1"]
+)
 def test_text_at_200_percent_keeps_everything(page: Page, ui_url: str, path: str) -> None:
     page.goto(ui_url + path)
     before = page.evaluate("parseFloat(getComputedStyle(document.querySelector('h1')).fontSize)")
@@ -183,3 +193,19 @@ def test_reduced_motion_turns_transitions_off(page: Page, ui_url: str) -> None:
     assert page.evaluate(duration) != "0s"
     page.emulate_media(reduced_motion="reduce")
     assert page.evaluate(duration) == "0s"
+
+
+def test_customer_pages_say_what_is_simulated(page: Page, ui_url: str) -> None:
+    page.goto(ui_url + "/customers")
+    expect(page.locator(".notice")).to_contain_text("Simulated customers")
+    page.get_by_label("Customer id").fill("sim-c1")
+    page.get_by_role("button", name="Show recommendations").click()
+    page.wait_for_url("**/customers/sim-c1")
+    expect(page.locator(".notice")).to_contain_text("Simulated customer")
+    expect(page.locator("[role=status]")).to_contain_text("picked from")
+    assert page.locator("section[aria-labelledby=recs-h] .card").count() > 0
+    page.goto(ui_url + "/customers/c2")
+    assert page.locator(".notice").count() == 0  # real events: no simulated label
+    page.goto(ui_url + "/products/SKU-000")
+    look = page.locator("section[aria-labelledby=look-h]")
+    expect(look.locator("h3").first).to_have_text("Blue square")  # learned from outfits

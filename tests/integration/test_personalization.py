@@ -20,48 +20,11 @@ from shoplens.serve import ServiceSettings, create_app
 from shoplens.serve.keys import KeyStore
 
 from ..conftest import write_catalog
-from ..helpers import assert_error
+from ..helpers import assert_error, outfit_events, sku
 
 CATALOG = "recs-tiny"
 PER_CATEGORY = 10
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-CATEGORY_CODE = {"Red circle": 0, "Blue square": 1, "Green triangle": 2, "Yellow stripes": 3}
-OUTFITS = {0: 1, 1: 0, 2: 3, 3: 2}  # category code -> the category bought with it
-
-
-def sku(category: int, i: int) -> str:
-    return f"SKU-{category}{i:02d}"
-
-
-def world_events() -> list[dict[str, Any]]:
-    """12 customers: views in a favourite category, then an outfit purchase."""
-    events: list[dict[str, Any]] = []
-    for c in range(12):
-        fav = c % 4
-        t = T0 + c * 86_400
-        for j in range(6):
-            events.append(
-                {
-                    "event_id": f"e-{c}-{j}",
-                    "customer_id": f"c{c}",
-                    "sku": sku(fav, (c + j) % PER_CATEGORY),
-                    "type": "view" if j % 3 else "click",
-                    "timestamp": t + 60 * j,
-                }
-            )
-        for n in range(3):  # outfits: anchor item n of fav with item n of the partner category
-            anchor, partner = sku(fav, n), sku(OUTFITS[fav], n)
-            for m, s in enumerate((anchor, partner)):
-                events.append(
-                    {
-                        "event_id": f"p-{c}-{n}-{m}",
-                        "customer_id": f"c{c}",
-                        "sku": s,
-                        "type": "purchase",
-                        "timestamp": t + 3600 * (n + 1) + 60 * m,
-                    }
-                )
-    return events
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +52,7 @@ def _post(client: TestClient, key: str | None, events: list[dict[str, Any]]) -> 
 
 def test_events_need_a_write_key(service: Any) -> None:
     client, _, read_key = service
-    ev = [{"event_id": "k1", "customer_id": "c", "sku": sku(0, 0), "type": "view",
-           "timestamp": T0}]
+    ev = [{"event_id": "k1", "customer_id": "c", "sku": sku(0, 0), "type": "view", "timestamp": T0}]
     assert_error(_post(client, None, ev), 401, "unauthorized")
     assert_error(_post(client, "sl_nope_nope", ev), 401, "unauthorized")
     assert_error(_post(client, read_key, ev), 403, "forbidden")
@@ -104,7 +66,7 @@ def test_events_validated_idempotent_then_recommendations(service: Any) -> None:
         r = client.get("/v1/customers/c0/recommendations")
         assert_error(r, 409, "not_ready")  # no recommender fitted yet
 
-        events = world_events()
+        events = outfit_events(12, PER_CATEGORY)
         r = _post(client, write_key, events)
         assert r.status_code == 200, r.text
         assert r.json()["accepted"] == len(events) and r.json()["rejected_count"] == 0
@@ -112,12 +74,21 @@ def test_events_validated_idempotent_then_recommendations(service: Any) -> None:
         assert r.json()["accepted"] == 0 and r.json()["duplicates"] == len(events)
 
         bad = [
-            {"event_id": "b1", "customer_id": "c0", "sku": "NOPE", "type": "view",
-             "timestamp": T0},
-            {"event_id": "b2", "customer_id": "c0", "sku": sku(0, 1), "type": "like",
-             "timestamp": T0},
-            {"event_id": "b3", "customer_id": "c0", "sku": sku(0, 1), "type": "view",
-             "timestamp": time.time() + 86_400},
+            {"event_id": "b1", "customer_id": "c0", "sku": "NOPE", "type": "view", "timestamp": T0},
+            {
+                "event_id": "b2",
+                "customer_id": "c0",
+                "sku": sku(0, 1),
+                "type": "like",
+                "timestamp": T0,
+            },
+            {
+                "event_id": "b3",
+                "customer_id": "c0",
+                "sku": sku(0, 1),
+                "type": "view",
+                "timestamp": time.time() + 86_400,
+            },
         ]
         r = _post(client, write_key, bad)
         assert r.status_code == 422
@@ -125,8 +96,13 @@ def test_events_validated_idempotent_then_recommendations(service: Any) -> None:
         reasons = " ".join(x["reason"] for x in report["rejected"])
         assert report["rejected_count"] == 3 and report["accepted"] == 0
         assert "NOPE" in reasons and "like" in reasons and "future" in reasons
-        good = {"event_id": "g1", "customer_id": "c0", "sku": sku(0, 9), "type": "view",
-                "timestamp": T0 + 100}
+        good = {
+            "event_id": "g1",
+            "customer_id": "c0",
+            "sku": sku(0, 9),
+            "type": "view",
+            "timestamp": T0 + 100,
+        }
         r = _post(client, write_key, [*bad, good])  # good ones stored, bad ones reported
         assert r.status_code == 200 and r.json()["accepted"] == 1
         assert r.json()["rejected_count"] == 3
@@ -160,8 +136,15 @@ def test_events_validated_idempotent_then_recommendations(service: Any) -> None:
     assert body["fallback"] == "popular" and body["count"] == 4 and not body["known_customer"]
 
     # a new customer's first events count at once, without refitting
-    first = [{"event_id": "n1", "customer_id": "newbie", "sku": sku(2, 5), "type": "click",
-              "timestamp": T0 + 50 * 86_400}]
+    first = [
+        {
+            "event_id": "n1",
+            "customer_id": "newbie",
+            "sku": sku(2, 5),
+            "type": "click",
+            "timestamp": T0 + 50 * 86_400,
+        }
+    ]
     assert _post(client, write_key, first).status_code == 200
     body = client.get("/v1/customers/newbie/recommendations", params={"k": 4}).json()
     assert body["personalized"] and body["history_events"] == 1

@@ -107,6 +107,10 @@ def _f(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _x(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}x"
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(
@@ -198,9 +202,10 @@ def summary_lines(out: dict[str, Any]) -> list[str]:
                 f"cold ndcg@10 {_f(c['ndcg@10'])}"
             )
         ratio = s["ratios_vs_als"]["fused"]
+        cold = ratio.get("cold_start_items/ndcg@10")
         lines.append(
-            f"  fused / ALS: ndcg@10 {_f(ratio['ndcg@10'], 2)}x, cold-start ndcg@10 "
-            f"{_f(ratio.get('cold_start_items/ndcg@10'), 2)}x"
+            f"  fused / ALS: ndcg@10 {_x(ratio['ndcg@10'])}, cold-start ndcg@10 "
+            + (_x(cold) if cold is not None else "n/a (ALS scores 0: it cannot rank new items)")
         )
     lines.append(f"report: {m['json']}" + (f" and {m['results_md']}" if "results_md" in m else ""))
     return lines
@@ -255,10 +260,10 @@ def markdown_section(out: dict[str, Any]) -> str:
         als_cold = s["results"]["als"]["cold_start_items"]["ndcg@10"]
         lines += [
             "",
-            f"Fused / ALS NDCG@10: overall {_f(ratio['ndcg@10'], 2)}x (target >= 1.2x); "
+            f"Fused / ALS NDCG@10: overall {_x(ratio['ndcg@10'])} (target >= 1.2x); "
             "cold-start "
             + (
-                f"{_f(cold_ratio, 2)}x"
+                _x(cold_ratio)
                 if cold_ratio is not None
                 else f"ALS {_f(als_cold)} (ALS cannot rank products without events), "
                 f"fused {_f(s['results']['fused']['cold_start_items']['ndcg@10'])}"
