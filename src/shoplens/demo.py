@@ -12,6 +12,7 @@ a minute.
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from collections.abc import Callable
@@ -132,6 +133,45 @@ def demo_model(limit: int | None, say: Callable[[str], None]) -> Path:
     return Path(info.source_dir)
 
 
+DEMO_CUSTOMERS = 2000
+
+
+def demo_recommendations(
+    catalog: Catalog, customers: int, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """SIMULATED customers (when the catalogue has no events) and a fitted recommender.
+
+    Refits only when the events, the catalogue or the image index changed since the last
+    recommender build. Returns the build's metadata and an example customer.
+    """
+    from shoplens.index.store import read_meta
+    from shoplens.personalize.events import EventStore
+    from shoplens.personalize.items import item_space
+    from shoplens.personalize.service import fit_recommendations, recs_root
+    from shoplens.personalize.simulate import preset_config, simulate
+
+    with EventStore.open(catalog) as store:
+        if store.count() == 0:
+            say(f"simulating {customers} customers (SIMULATED events, labelled as such) ...")
+            cfg = preset_config("balanced", n_customers=customers)
+            sim = simulate(item_space(catalog, text=False), cfg)
+            store.add((e.to_dict() for e in sim.events), simulated=True, source="simulator")
+        events = store.count()
+        ids = store.customer_ids(limit=1, simulated=True)
+    example = ids[0] if ids else None
+    meta_path = recs_root(catalog) / "current" / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    index = read_meta(catalog, catalog.get_meta("default_encoder") or "") or {}
+    if (
+        meta.get("stored_events") != events
+        or meta.get("catalog_version") != catalog.version()
+        or meta.get("fitted_at", 0) < index.get("built_at", 0)
+    ):
+        say(f"fitting the recommender on {events} events ...")
+        meta = fit_recommendations(catalog, say=say)
+    return {**meta, "example_customer": example}
+
+
 def _metrics_line(metrics: dict[str, float]) -> str:
     keys = [k for k in metrics if k.startswith("eval/")] or sorted(metrics)[:3]
     return ", ".join(f"{k.removeprefix('eval/')} {metrics[k]:.3f}" for k in keys)
@@ -142,6 +182,7 @@ def run_demo(
     limit: int | None = None,
     grid_path: Path | None = None,
     echo: Callable[[str], None] | None = print,
+    customers: int | None = None,
 ) -> dict[str, Any]:
     """Prepare the demo catalogue and run example searches; return a summary."""
     from shoplens.catalog.ingest import ingest_fashion_mnist
@@ -168,6 +209,8 @@ def run_demo(
         say("embedding product texts with all-MiniLM-L6-v2 and building BM25 ...")
         build_text_index(catalog, "minilm")
     timings["text_index"] = time.time() - t0 - sum(timings.values())
+    recs = demo_recommendations(catalog, customers or DEMO_CUSTOMERS, say)
+    timings["recommendations"] = time.time() - t0 - sum(timings.values())
 
     engine = SearchEngine(catalog, encoder)
     probe = catalog.get("fm-test-00000")
@@ -204,5 +247,6 @@ def run_demo(
         "encoder": encoder,
         "grid": str(grid),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "recommendations": recs,
         "examples": {label: [h.to_dict() for h in hits] for label, _i, hits in examples},
     }

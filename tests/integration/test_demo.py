@@ -60,7 +60,7 @@ def test_demo_trains_registers_indexes_searches_and_reuses(
     from shoplens.training.tracking import MlflowTracker
 
     said: list[str] = []
-    summary: dict[str, Any] = run_demo(echo=said.append)
+    summary: dict[str, Any] = run_demo(echo=said.append, customers=60)
     assert summary["products"] == 360 and summary["encoder"].startswith("trained:")
     assert any("training shoplens's CLIP-style model" in s for s in said)
     info = MlflowTracker().get_model_version_by_alias(DEMO_MODEL, "champion")
@@ -72,10 +72,16 @@ def test_demo_trains_registers_indexes_searches_and_reuses(
     # text search reaches the right category (BM25 + MiniLM + the trained text tower)
     assert {h["category"] for h in examples["text: bag"][:5]} == {"Bag"}
     assert Path(summary["grid"]).is_file()
+    recs = summary["recommendations"]  # SIMULATED customers, a fitted recommender
+    assert recs["simulated"] and recs["customers"] == 60
+    assert recs["example_customer"].startswith("sim-")
+    assert recs["complete_the_look"] == "fitted"  # Fashion-MNIST categories make outfits
 
     said.clear()
-    again = run_demo(echo=said.append)
+    again = run_demo(echo=said.append, customers=60)
     assert any("using the registered model" in s for s in said)
-    assert not any("training" in s for s in said)
+    # the stand-in dataset is re-ingested (it is not 70,000 products), so the recommender is
+    # refitted, but the stored simulated events are reused
+    assert not any("training" in s or "simulating" in s for s in said), said
     assert again["encoder"] == summary["encoder"]
     assert set(CLASSES) >= {h["category"] for h in again["examples"]["text: bag"]}

@@ -104,6 +104,7 @@ def fit_recommendations(
             "encoder": items.encoder,
             "items": len(items),
             "events": len(data),
+            "stored_events": int(stats.get("events", 0)),
             "customers": len(data.customer_ids),
             "simulated_events": simulated,
             "simulated": simulated > 0,
