@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
@@ -166,7 +166,35 @@ def build_sample_catalog(name: str = SAMPLE_CATALOG) -> str:
         ingest_manifest(root / "catalog.csv", name)
     with Catalog.open(name) as catalog:
         build_indexes(catalog)
+        _simulated_customers(catalog)
     return name
+
+
+def _simulated_customers(catalog: Any, n: int = 40) -> None:
+    """SIMULATED customers over the sample catalogue and a fitted recommender."""
+    from shoplens.personalize.events import EventStore
+    from shoplens.personalize.items import item_space
+    from shoplens.personalize.service import fit_recommendations
+    from shoplens.personalize.simulate import preset_config, simulate
+
+    sim = simulate(item_space(catalog, text=False), preset_config("balanced", n_customers=n))
+    with EventStore.open(catalog) as store:
+        store.add((e.to_dict() for e in sim.events), simulated=True, source="simulator")
+    fit_recommendations(catalog)
+
+
+def _a_customer(catalog: str) -> str | None:
+    """A customer with events when the catalogue has a recommender build, else None."""
+    from shoplens.catalog.store import Catalog
+    from shoplens.personalize.events import EventStore
+    from shoplens.personalize.service import recs_root
+
+    with Catalog.open(catalog) as cat:
+        if not (recs_root(cat) / "current").exists():
+            return None
+        with EventStore.open(cat) as store:
+            ids = store.customer_ids(limit=1)
+    return ids[0] if ids else None
 
 
 @contextmanager
@@ -232,7 +260,7 @@ def capture(browser: Browser, base_url: str, pages: dict[str, str], out_dir: Pat
 
 def take_screenshots(catalog: str, out_dir: Path, query: str) -> list[Path]:
     """Serve ``catalog`` and capture the home, results and product pages."""
-    from urllib.parse import urlencode
+    from urllib.parse import quote, urlencode
 
     from playwright.sync_api import sync_playwright
 
@@ -250,6 +278,9 @@ def take_screenshots(catalog: str, out_dir: Path, query: str) -> list[Path]:
             if not product:
                 raise NotReadyError(f"no results for {query!r} in catalogue {catalog!r}")
             pages = {"home": "/", "results": results, "product": product}
+            customer = _a_customer(catalog)
+            if customer:
+                pages["customer"] = "/customers/" + quote(customer, safe="")
             return capture(browser, url, pages, out_dir)
         finally:
             browser.close()
