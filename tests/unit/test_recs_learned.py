@@ -239,7 +239,6 @@ def test_fused_recommend_one_flags_and_sources(
     assert all(s and set(s) <= set(RETRIEVERS) for s in one["sources"])
     assert not np.isin(one["items"], h.items).any()
     assert one["skus"][0] == world[0].skus[int(one["items"][0])]
-    assert np.all(np.diff(one["scores"]) <= 0)
     idx, _ = fused.recommend([h], 10)
     np.testing.assert_array_equal(idx[0], one["items"])
 
@@ -262,6 +261,31 @@ def test_fused_exclude_seen_scores_and_cold(
     # cold items are candidates (content ANN, sequential) and scored
     cand_all = fused.candidates(split.histories, exclude_seen=True)
     assert fused.cold[cand_all.items[cand_all.items >= 0]].any()
+
+
+def test_fused_keeps_slots_for_new_items(
+    world: tuple[ItemSpace, Split], fused: FusedRanker
+) -> None:
+    _, split = world
+    hs = split.histories[:40]
+    share = fused.new_item_share
+    try:
+        fused.new_item_share = 0.0
+        plain, plain_val = fused.recommend(hs, 10)
+        assert np.all(np.diff(plain_val, axis=1) <= 0)  # pure ranker order
+        fused.new_item_share = 0.2
+        slotted, _ = fused.recommend(hs, 10)
+    finally:
+        fused.new_item_share = share
+    cand = fused.candidates(hs, exclude_seen=True)
+    for row, (p, q) in enumerate(zip(plain, slotted, strict=True)):
+        has_new = fused.cold[cand.items[row][cand.items[row] >= 0]].sum()
+        n_new = fused.cold[q[q >= 0]].sum()
+        assert n_new >= min(2, has_new)  # 2 of 10 places for new products when there are any
+        # warm items keep their relative order; the list is the ranker's with new items in
+        warm = [int(i) for i in q if i >= 0 and not fused.cold[i]]
+        assert warm == [int(i) for i in p if int(i) in warm]
+        assert len(set(q.tolist())) == 10
 
 
 def test_fused_pickle_and_feature_importance(

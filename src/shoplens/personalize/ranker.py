@@ -140,6 +140,10 @@ class FusedRanker:
         half_life_days: recency half-life of the pooled customer embeddings.
         refit: refit the retrievers on all of ``train`` after training the ranker.
         num_threads: LightGBM threads.
+        new_item_share: share of each top-k kept for new products (no events yet), filled
+            with the ranker's best new-product candidates when there are any. The ranker
+            learns from past events, where launches are rare, so without an exposure
+            quota new products are never shown and never get events (0 turns it off).
     """
 
     name = "fused"
@@ -161,7 +165,11 @@ class FusedRanker:
         refit: bool = True,
         seed: int = 0,
         num_threads: int = 2,
+        new_item_share: float = 0.2,
     ) -> None:
+        if not 0.0 <= new_item_share <= 1.0:
+            raise InvalidInputError(f"fused: new_item_share {new_item_share} is not in [0, 1]")
+        self.new_item_share = new_item_share
         self.retriever_n = dict(DEFAULT_RETRIEVERS if retrievers is None else retrievers)
         if not self.retriever_n or any(n < 1 for n in self.retriever_n.values()):
             raise InvalidInputError("fused: retrievers must map names to counts >= 1")
@@ -489,7 +497,7 @@ class FusedRanker:
         if full:
             sub = [histories[r] for r in full]
             cand, scores = self._rank(sub, exclude_seen)
-            top, top_val = top_k_rows(scores, k)  # positions into the candidates
+            top, top_val = self._top_with_new_items(cand, scores, k)
             ok = top >= 0
             picked = np.take_along_axis(cand.items, np.maximum(top, 0), axis=1)
             bits = np.take_along_axis(cand.sources, np.maximum(top, 0), axis=1)
@@ -497,6 +505,36 @@ class FusedRanker:
             val[full] = np.where(ok, top_val, -np.inf)
             src[full] = np.where(ok, bits, 0)
         return idx, val, src
+
+    def _top_with_new_items(
+        self, cand: Candidates, scores: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row-wise top ``k`` positions into the candidates, with at least ``round(k *
+        new_item_share)`` new products: when the ranker placed fewer, its best-scored other
+        new candidates take slots spread over the list (e.g. places 4 and 7 of 10)."""
+        top, top_val = top_k_rows(scores, k)  # (b, k) positions into the candidates
+        slots = round(k * getattr(self, "new_item_share", 0.0))
+        if slots == 0:
+            return top, top_val
+        new = (cand.items >= 0) & self.cold[np.maximum(cand.items, 0)]  # (b, C)
+        new_top, _ = top_k_rows(np.where(new, scores, -np.inf), slots)
+        places = [min(k - 1, round((j + 1) * k / (slots + 1))) for j in range(slots)]
+        for row in range(len(top)):
+            ranked = [int(p) for p in top[row] if p >= 0]
+            need = slots - int(new[row, ranked].sum())
+            extra = [int(p) for p in new_top[row] if p >= 0 and int(p) not in ranked][:need]
+            if not extra:
+                continue
+            at = set(places[: len(extra)])
+            order = [
+                extra.pop(0) if pos in at else ranked.pop(0)
+                for pos in range(k)
+                if pos in at or ranked
+            ]
+            top[row] = -1
+            top[row, : len(order)] = order
+            top_val[row] = np.where(top[row] >= 0, scores[row][np.maximum(top[row], 0)], -np.inf)
+        return top, top_val
 
     def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
         """(B, C) ranker scores of the (B, C) int64 candidates (-1 -> nan).

@@ -86,13 +86,109 @@ def train_command(
 
 @models_app.command("list")
 def models_list(
+    registered: Annotated[
+        bool,
+        typer.Option(
+            "--registered", help="List registered models (versions, aliases) instead of configs."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
 ) -> None:
-    """Model configs that `shoplens train model=NAME` accepts."""
+    """Model configs that `shoplens train model=NAME` accepts (--registered: the registry)."""
+    if registered:
+        from shoplens.training.tracking import MlflowTracker
+
+        models = MlflowTracker().list_registered_models()
+        _echo(as_json, models, _registered_table(models))
+        return
     from shoplens.registry import list_models, resolve_model_config
 
     rows = [{"name": n, "family": resolve_model_config(n)[0]} for n in list_models()]
     _echo(as_json, rows, "\n".join(f"{r['name']:<24} {r['family']}" for r in rows))
+
+
+def _registered_table(models: list[dict[str, Any]]) -> str:
+    if not models:
+        return "no registered models yet (shoplens train ... tracking.register_as=NAME)"
+    lines = []
+    for m in models:
+        lines.append(m["name"])
+        for v in m["versions"]:
+            tags = "".join(f" @{a}" for a in v["aliases"])
+            lines.append(f"  version {v['version']:<4} run {v['run_id'] or '-'}{tags}")
+        for alias, version in sorted(m["previous"].items()):
+            lines.append(f"  rollback of @{alias} -> version {version}")
+    return "\n".join(lines)
+
+
+def _check_alias_option(alias: str) -> str:
+    if alias not in ("champion", "challenger"):
+        raise typer.BadParameter("use champion or challenger")
+    return alias
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[int, typer.Argument(min=1, help="Model version to promote.")],
+    alias: Annotated[
+        str, typer.Option(help="champion or challenger.", callback=_check_alias_option)
+    ] = "champion",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
+    """Point an alias at a version; the version it pointed at is kept for rollback.
+
+    A service started with --model NAME@ALIAS picks the change up within its poll
+    interval and swaps models without dropping requests.
+    """
+    from shoplens.training.tracking import MlflowTracker
+
+    old, info = MlflowTracker().promote(name, version, alias)
+    payload = {
+        "name": info.name,
+        "alias": alias,
+        "previous_version": old,
+        "version": info.version,
+        "run_id": info.run_id,
+        "encoder_spec": f"trained:{info.source_dir}",
+    }
+    _echo(
+        as_json,
+        payload,
+        f"{info.name}@{alias}: version {old or '(none)'} -> {info.version} "
+        f"(trained:{info.source_dir})",
+    )
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    alias: Annotated[
+        str, typer.Option(help="champion or challenger.", callback=_check_alias_option)
+    ] = "champion",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
+    """Move an alias back to the version it pointed at before the last promote.
+
+    Rolling back twice returns to where you started.
+    """
+    from shoplens.training.tracking import MlflowTracker
+
+    old, info = MlflowTracker().rollback(name, alias)
+    payload = {
+        "name": info.name,
+        "alias": alias,
+        "previous_version": old,
+        "version": info.version,
+        "run_id": info.run_id,
+        "encoder_spec": f"trained:{info.source_dir}",
+    }
+    _echo(
+        as_json,
+        payload,
+        f"{info.name}@{alias}: rolled back version {old} -> {info.version} "
+        f"(trained:{info.source_dir})",
+    )
 
 
 @models_app.command("alias")
@@ -105,7 +201,7 @@ def models_alias(
     """Point an alias (champion / challenger) of a registered model at a version."""
     from shoplens.training.tracking import MlflowTracker
 
-    info = MlflowTracker().set_alias(name, version, alias)
+    _, info = MlflowTracker().promote(name, version, alias)  # remembered for rollback
     _echo(
         as_json,
         {**info.__dict__, "encoder_spec": f"trained:{info.source_dir}"},

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 Status = Literal["FINISHED", "FAILED", "KILLED"]
 Alias = Literal["champion", "challenger"]
 MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call
+PREVIOUS_TAG = "previous_"  # model tag previous_<alias>: the version rollback restores
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
@@ -245,6 +246,97 @@ class MlflowTracker:
             raise NotFoundError(f"registered model {name!r} has no version {version}") from None
         return ModelVersionInfo(v.name, str(v.version), v.run_id, str(v.source))
 
+    def list_registered_models(self) -> list[dict[str, Any]]:
+        """Every registered model with its versions and aliases, by name.
+
+        Each entry: ``{"name", "aliases": {alias: version}, "versions": [{"version",
+        "run_id", "source", "aliases"}], "previous": {alias: version}}`` (``previous`` is
+        what :meth:`rollback` would restore).
+        """
+        out = []
+        page_token = None
+        models = []
+        while True:
+            page = self.client.search_registered_models(max_results=100, page_token=page_token)
+            models.extend(page)
+            page_token = page.token
+            if not page_token:
+                break
+        for m in sorted(models, key=lambda m: m.name):
+            aliases = {a: str(v) for a, v in (m.aliases or {}).items()}
+            versions = sorted(
+                self.client.search_model_versions(f"name='{_quote(m.name)}'"),
+                key=lambda v: int(v.version),
+            )
+            out.append(
+                {
+                    "name": m.name,
+                    "aliases": aliases,
+                    "previous": {
+                        k.removeprefix(PREVIOUS_TAG): v
+                        for k, v in (m.tags or {}).items()
+                        if k.startswith(PREVIOUS_TAG)
+                    },
+                    "versions": [
+                        {
+                            "version": str(v.version),
+                            "run_id": v.run_id,
+                            "source": str(v.source),
+                            "aliases": sorted(a for a, n in aliases.items() if n == str(v.version)),
+                        }
+                        for v in versions
+                    ],
+                }
+            )
+        return out
+
+    def promote(
+        self, name: str, version: int | str, alias: str = "champion"
+    ) -> tuple[str | None, ModelVersionInfo]:
+        """Point ``alias`` at ``version``, remembering the version it pointed at before.
+
+        The old version is kept in the model tag ``previous_<alias>`` so :meth:`rollback`
+        can restore it. Returns (old version or None, new version info).
+        """
+        _check_alias(alias)
+        old = self._alias_version(name, alias)
+        info = self.set_alias(name, version, alias)
+        if old is not None and old != info.version:
+            self.client.set_registered_model_tag(name, f"{PREVIOUS_TAG}{alias}", old)
+        return old, info
+
+    def rollback(self, name: str, alias: str = "champion") -> tuple[str | None, ModelVersionInfo]:
+        """Move ``alias`` back to the version it pointed at before the last promote.
+
+        The version rolled back from becomes the remembered one, so a second rollback
+        undoes the first. NotFoundError when nothing is remembered for ``alias``.
+        Returns (version rolled back from, restored version info).
+        """
+        from mlflow.exceptions import MlflowException
+
+        _check_alias(alias)
+        try:
+            tags = self.client.get_registered_model(name).tags or {}
+        except MlflowException:
+            raise NotFoundError(f"no registered model {name!r}") from None
+        previous = tags.get(f"{PREVIOUS_TAG}{alias}")
+        if previous is None:
+            raise NotFoundError(
+                f"registered model {name!r} has no previous {alias!r} version to roll back "
+                f"to; promote one with 'shoplens models promote {name} VERSION --alias {alias}'"
+            )
+        return self.promote(name, previous, alias)
+
+    def _alias_version(self, name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException:
+            raise NotFoundError(f"no registered model {name!r}") from None
+        version = (model.aliases or {}).get(alias)
+        return None if version is None else str(version)
+
     def _active(self) -> str:
         if self.run_id is None:
             raise RuntimeError("MlflowTracker.start() must be called before logging")
@@ -283,3 +375,16 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
 def _check_alias(alias: str) -> None:
     if alias not in get_args(Alias):
         raise InvalidInputError(f"model alias {alias!r} is not one of 'champion', 'challenger'")
+
+
+def _quote(name: str) -> str:
+    return name.replace("'", "\\'")
+
+
+def parse_model_ref(ref: str) -> tuple[str, Alias]:
+    """``"NAME@ALIAS"`` (or ``"NAME"``, alias champion) -> (name, alias), validated."""
+    name, _, alias = ref.strip().partition("@")
+    alias = alias or "champion"
+    check_name(name, "registered model name")
+    _check_alias(alias)
+    return name, alias  # type: ignore[return-value]

@@ -1,0 +1,284 @@
+"""Micro-batching: concurrent single queries become one encoder forward pass.
+
+The service answers each request in a thread of Starlette's pool. With batching on, a
+request that needs a query embedding hands its image (or text) to a :class:`MicroBatcher`
+and waits; one worker thread collects what arrives within ``max_wait_ms`` of the oldest
+waiting item (at most ``max_batch`` items), runs the encoder once on all of them and gives
+every caller its own row. When one item of a batch makes the encoder raise, the items are
+retried one by one, so only the request with the bad item fails.
+
+:class:`BatchingEncoder` wraps any :class:`~shoplens.models.base.Encoder` this way and
+keeps its contract (``encode_images``, ``encode_texts``, ``dim``, ``name``; everything
+else, e.g. ``compose`` / ``can_compose``, passes through to the wrapped encoder).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from shoplens.errors import InvalidInputError
+from shoplens.models.base import Encoder
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger("shoplens.serve.batching")
+
+BatchFn = Callable[[list[T]], "Sequence[R] | np.ndarray"]
+OnBatch = Callable[[int, float], None]  # (batch size, seconds in fn)
+_STOP = object()
+
+
+class MicroBatcher(Generic[T, R]):
+    """Collects items submitted from many threads and runs ``fn`` on batches of them.
+
+    Args:
+        fn: ``fn(items) -> results`` with one result per item, in order (a list, or an
+            array whose first axis is the items).
+        max_batch: at most this many items per call of ``fn``.
+        max_wait_ms: how long the oldest waiting item may wait for company before its
+            batch runs (0: run with whatever is queued right now).
+        on_batch: called after every successful ``fn`` call with (batch size, seconds).
+        name: the worker thread's name.
+
+    ``submit(item)`` returns a Future with the item's own result or exception.
+    ``close()`` runs everything submitted so far, then stops the worker; submitting
+    after that raises RuntimeError.
+    """
+
+    def __init__(
+        self,
+        fn: BatchFn[T, R],
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        *,
+        on_batch: OnBatch | None = None,
+        name: str = "shoplens-batcher",
+    ) -> None:
+        if max_batch < 1:
+            raise InvalidInputError(f"max_batch must be at least 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise InvalidInputError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.fn = fn
+        self.max_batch = int(max_batch)
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self.on_batch = on_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, item: T) -> Future[R]:
+        """Queue ``item``; the Future gets its result (or the exception fn raised for it)."""
+        fut: Future[R] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._queue.put((item, fut, time.monotonic()))
+        return fut
+
+    def map(self, items: Sequence[T]) -> list[R]:
+        """Submit every item and wait for all results (raises the first item's error)."""
+        futures = [self.submit(x) for x in items]
+        return [f.result() for f in futures]
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what is already queued, then stop the worker thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # ---- worker ------------------------------------------------------------------------
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            # The oldest item waits at most max_wait in all, including the time it spent
+            # queued while the previous batch ran: then the batch takes what is queued now.
+            deadline = first[2] + self.max_wait_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                self._process([(item, fut) for item, fut, _ in batch])
+            except BaseException as e:  # never leave a caller waiting forever
+                log.exception("micro-batch worker failed")
+                for _, fut, _ in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+
+    def _process(self, batch: list[tuple[T, Future[R]]]) -> None:
+        live = [(x, f) for x, f in batch if f.set_running_or_notify_cancel()]
+        if not live:
+            return
+        items = [x for x, _ in live]
+        t0 = time.perf_counter()
+        try:
+            out = self.fn(items)
+            if len(out) != len(items):
+                raise RuntimeError(f"batch function returned {len(out)} results for {len(items)}")
+        except Exception as e:
+            if len(live) == 1:
+                live[0][1].set_exception(e)
+                return
+            # Find the bad item(s): every other item still gets its answer.
+            for item, fut in live:
+                self._run_one(item, fut)
+            return
+        seconds = time.perf_counter() - t0
+        self._report(len(items), seconds)
+        for (_, fut), result in zip(live, out, strict=True):
+            fut.set_result(result)
+
+    def _run_one(self, item: T, fut: Future[R]) -> None:
+        t0 = time.perf_counter()
+        try:
+            out = self.fn([item])
+            if len(out) != 1:
+                raise RuntimeError(f"batch function returned {len(out)} results for 1")
+        except Exception as e:
+            fut.set_exception(e)
+            return
+        self._report(1, time.perf_counter() - t0)
+        fut.set_result(out[0])
+
+    def _report(self, size: int, seconds: float) -> None:
+        if self.on_batch is None:
+            return
+        try:
+            self.on_batch(size, seconds)
+        except Exception:  # metrics must never break answers
+            log.exception("on_batch callback failed")
+
+
+EncodeCallback = Callable[[str, int, float], None]  # (kind "image"/"text", batch size, seconds)
+
+
+class BatchingEncoder(Encoder):
+    """An encoder whose ``encode_images`` / ``encode_texts`` calls from concurrent
+    threads are micro-batched into one forward pass of the wrapped ``encoder``.
+
+    Args:
+        encoder: the encoder to wrap (its outputs are returned unchanged, row by row).
+        max_batch / max_wait_ms: see :class:`MicroBatcher`.
+        enabled: False calls the encoder directly (still timed through ``on_encode``).
+        on_encode: called with (kind, batch size, seconds) after every forward pass.
+
+    A call with more than ``max_batch`` inputs (or after ``close()``) goes straight to
+    the wrapped encoder. Other attributes are read from the wrapped encoder.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        enabled: bool = True,
+        on_encode: EncodeCallback | None = None,
+    ) -> None:
+        self.inner = encoder
+        self.name = encoder.name
+        self.dim = encoder.dim
+        self.batch_size = encoder.batch_size
+        # an instance value shadows the class-level default of Encoder
+        self.__dict__["modalities"] = encoder.modalities
+        self.max_batch = max_batch
+        self.on_encode = on_encode
+        self._batchers: dict[str, MicroBatcher[Any, np.ndarray]] = {}
+        if enabled:
+            for kind in sorted(encoder.modalities):
+                self._batchers[kind] = MicroBatcher(
+                    self._forward_fn(kind),
+                    max_batch,
+                    max_wait_ms,
+                    on_batch=self._reporter(kind),
+                    name=f"shoplens-batch-{kind}",
+                )
+
+    @property
+    def batching(self) -> bool:
+        return any(not b.closed for b in self._batchers.values())
+
+    def _forward_fn(self, kind: str) -> Callable[[list[Any]], np.ndarray]:
+        if kind == "image":
+            return lambda items: self.inner.encode_images(items)
+        return lambda items: self.inner.encode_texts(items)
+
+    def _reporter(self, kind: str) -> OnBatch | None:
+        if self.on_encode is None:
+            return None
+        on_encode = self.on_encode
+        return lambda size, seconds: on_encode(kind, size, seconds)
+
+    def _encode(self, kind: str, items: Sequence[Any]) -> np.ndarray:
+        batcher = self._batchers.get(kind)
+        if batcher is not None and 0 < len(items) <= self.max_batch and not batcher.closed:
+            try:
+                futures = [batcher.submit(x) for x in items]
+            except RuntimeError:  # closed meanwhile (a model swap): answer directly
+                pass
+            else:
+                rows = [f.result() for f in futures]
+                return np.stack(rows).astype(np.float32, copy=False)  # (N, D)
+        t0 = time.perf_counter()
+        out = self._forward_fn(kind)(list(items))
+        if self.on_encode is not None and len(items):
+            try:
+                self.on_encode(kind, len(items), time.perf_counter() - t0)
+            except Exception:
+                log.exception("on_encode callback failed")
+        return out
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Embed images -> (N, dim) float32, as the wrapped encoder does."""
+        return self._encode("image", images)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts -> (N, dim) float32, as the wrapped encoder does."""
+        if isinstance(texts, str):  # keep the wrapped encoder's own error for a bare str
+            return self.inner.encode_texts(texts)
+        return self._encode("text", texts)
+
+    def close(self) -> None:
+        """Finish queued work and stop the workers; later calls go to the encoder directly."""
+        for b in self._batchers.values():
+            b.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"BatchingEncoder({self.inner!r}, max_batch={self.max_batch})"
