@@ -1,5 +1,5 @@
 """``shoplens`` command line: demo, ingest, index, search, dedupe, serve, train, eval, models,
-events, simulate, recommend, keys.
+events, simulate, recommend, keys, export, report.
 
 Human output by default, ``--json`` for machines. Exit 0 on success, 2 with a one-line
 ``error: ...`` on bad input (never a traceback for a user error).
@@ -17,7 +17,9 @@ import typer
 from shoplens import progress
 from shoplens.errors import InvalidInputError, ShoplensError
 from shoplens.eval.cli import eval_command
+from shoplens.export.cli import export_app
 from shoplens.personalize.cli import events_app, keys_app, recommend_app, simulate_app
+from shoplens.report.build import report_command
 from shoplens.training.cli import models_app, train_command
 
 app = typer.Typer(
@@ -34,6 +36,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(recommend_app, name="recommend")
 app.add_typer(keys_app, name="keys")
+app.add_typer(export_app, name="export")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 CatalogOpt = Annotated[str, typer.Option("--catalog", "-c", help="Catalogue name.")]
@@ -315,6 +318,7 @@ def demo(
 
 app.command("eval")(eval_command)
 app.command("train")(train_command)
+app.command("report")(report_command)
 
 
 @app.command("catalogs")

@@ -71,6 +71,7 @@ def register_adapter(prefix: str) -> Callable[[EncoderFactory], EncoderFactory]:
 def _ensure_builtin() -> None:
     # Importing the modules runs their @register_* decorators.
     import shoplens.adapters
+    import shoplens.export.backends  # (the ``onnx:DIR`` / ``onnx-int8:DIR`` adapters)
     import shoplens.models.encoders
     import shoplens.models.trained  # noqa: F401  (the ``trained:DIR`` adapter)
 

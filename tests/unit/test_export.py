@@ -39,10 +39,20 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image-only model (no text tower: a fast export)."""
+    folder = tmp_path_factory.mktemp("classifier")
+    save_model(create_model("resnet-test-tiny"), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def export_dir(clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export")
     calibration, _ = _images(8, seed=1)
-    export_onnx(f"trained:{clip_dir}", out, int8=["dynamic", "static"], calibration_images=calibration)
+    export_onnx(
+        f"trained:{clip_dir}", out, int8=["dynamic", "static"], calibration_images=calibration
+    )
     return out
 
 
@@ -63,6 +73,8 @@ def test_export_writes_checked_files(export_dir: Path, clip_dir: Path) -> None:
         assert (export_dir / name).is_file() and files[name]["precision"] == "int8"
     assert files["image.int8-static.onnx"]["quantization"]["int8_ops"] > 0
     assert meta["text"]["tokenizer"]["type"] == "hash-words" and meta["text_skipped"] is None
+    # TorchScript bakes the sequence length into nn.MultiheadAttention: dynamo takes over
+    assert files["text.onnx"]["exporter"] == "dynamo"
 
 
 def test_dynamic_batch_matches_torch(export_dir: Path, clip_dir: Path) -> None:
@@ -151,28 +163,45 @@ def test_bad_inputs(tmp_path: Path, clip_dir: Path) -> None:
         create_encoder(f"onnx-int8:{tmp_path / 'empty'}")
 
 
-def test_int8_spec_needs_an_int8_file(tmp_path: Path, clip_dir: Path) -> None:
-    export_onnx(f"trained:{clip_dir}", tmp_path)
-    assert create_encoder(f"onnx:{tmp_path}").dim == 16
+def test_int8_spec_needs_an_int8_file(tmp_path: Path, classifier_dir: Path) -> None:
+    meta = export_onnx(f"trained:{classifier_dir}", tmp_path)
+    assert meta["files"]["image.onnx"]["exporter"] == "torchscript"
+    assert create_encoder(f"onnx:{tmp_path}").dim == 8
     with pytest.raises(NotFoundError, match="--int8"):
         create_encoder(f"onnx-int8:{tmp_path}")
 
 
 def test_cli_exports_and_measures_on_a_catalogue(
-    tmp_path: Path, home: Path, clip_dir: Path
+    tmp_path: Path, home: Path, classifier_dir: Path
 ) -> None:
     from shoplens.catalog.ingest import ingest_manifest
 
     ingest_manifest(write_catalog(tmp_path / "src"), "shop")
     out = tmp_path / "out"
-    args = ["onnx", f"trained:{clip_dir}", "--out", str(out), "--int8", "static",
-            "--catalog", "shop", "--calibration", "8", "--gallery", "19", "--queries", "5"]  # fmt: skip
+    spec = f"trained:{classifier_dir}"
+    args = ["onnx", spec, "--out", str(out), "--int8", "static", "--catalog", "shop",
+            "--calibration", "8", "--gallery", "19", "--queries", "5"]  # fmt: skip
     result = CliRunner().invoke(export_app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     meta = json.loads(result.output)
-    assert set(meta["files"]) == {"image.onnx", "text.onnx", "image.int8-static.onnx"}
+    assert set(meta["files"]) == {"image.onnx", "image.int8-static.onnx"}
+    assert meta["text"] is None
     assert meta["accuracy"]["queries"] == 4 and meta["accuracy"]["gallery"] == 19
     human = CliRunner().invoke(export_app, [*args, "--no-measure"])
     assert human.exit_code == 0 and "image.int8-static.onnx" in human.output
-    bad = CliRunner().invoke(export_app, [*args[:5], "--int8", "fp16"])
+    bad = CliRunner().invoke(export_app, [*args[:4], "--int8", "fp16"])
     assert isinstance(bad.exception, InvalidInputError)
+
+
+def test_calibration_batches_are_equal_sized() -> None:
+    from shoplens.export.onnx import calibration_batches
+
+    images, _ = _images(18)  # 72 images: two batches of 32, 8 left out
+
+    def preprocess(chunk: Any) -> np.ndarray:
+        return np.zeros((len(chunk), 3, 4, 4), np.float32)
+
+    batches, used = calibration_batches(preprocess, images)
+    assert used == 64 and [b["pixels"].shape[0] for b in batches] == [32, 32]
+    batches, used = calibration_batches(preprocess, images[:5])
+    assert used == 5 and [b["pixels"].shape[0] for b in batches] == [5]

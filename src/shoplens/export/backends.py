@@ -48,7 +48,6 @@ THREADS_ENV = "SHOPLENS_ONNX_THREADS"
 PREPROCESSORS: dict[str, tuple[str, str]] = {
     "trained": ("shoplens.models.trained", "TrainedEncoder"),
     "effnet-lite0": ("shoplens.models.encoders", "EffNetLite0Encoder"),
-    "test-tiny": ("shoplens.models.encoders", "TinyConvEncoder"),
 }
 
 
@@ -213,7 +212,12 @@ def new_session(path: Path, threads: int | None = None) -> Any:
 
 
 class OnnxEncoder(Encoder):
-    """The :class:`Encoder` contract over exported ONNX models (see module docstring)."""
+    """The :class:`Encoder` contract over exported ONNX models (see module docstring).
+
+    ``variant`` picks the image file (``image_file`` names one directly); ``threads``:
+    intra-op threads (default :func:`default_threads`); ``meta``: an ``export.json`` dict
+    to use instead of the file (the exporter checks its files before writing it).
+    """
 
     modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
 

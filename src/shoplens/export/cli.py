@@ -24,6 +24,11 @@ export_app = typer.Typer(
 )
 
 
+@export_app.callback()
+def _group() -> None:
+    """Export encoders to ONNX (fp32 and int8) for ONNX Runtime."""
+
+
 @dataclass
 class ExportData:
     """Images for calibration, and a labelled gallery and queries for measuring."""
@@ -103,7 +108,8 @@ def summary_lines(meta: dict[str, Any], out: Path) -> list[str]:
         lines.append(f"accuracy vs PyTorch on {acc['data']}:")
         rows = [["model", "5-NN", "change", "R@10 vs torch", "loss (points)", "P@10", "cosine"]]
         for name, v in acc["variants"].items():
-            rows.append([name, f"{v['knn_accuracy']:.4f}", f"{v['knn_accuracy_change_points']:+.2f}",
+            change = v["knn_accuracy_change_points"]
+            rows.append([name, f"{v['knn_accuracy']:.4f}", f"{change:+.2f}",
                          f"{v['recall_at_10']:.4f}", f"{v['recall_loss_points']:.2f}",
                          f"{v['precision_at_10']:.4f}", f"{v['mean_cosine']:.5f}"])  # fmt: skip
         lines += _table(rows)
@@ -136,22 +142,41 @@ def onnx_command(
         str | None,
         typer.Option("--catalog", "-c", help="Take the images from this catalogue instead."),
     ] = None,
+    calibration_method: Annotated[
+        str, typer.Option(help="Static int8 activation ranges: minmax, percentile or entropy.")
+    ] = "minmax",
+    keep_ends: Annotated[
+        bool,
+        typer.Option(help="Static int8: keep the first and last Conv/MatMul/Gemm in fp32."),
+    ] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
+    ] = False,
 ) -> None:
     """Export MODEL to ONNX (image and text towers), check it against PyTorch, quantise."""
     from shoplens.export.onnx import export_onnx, measure_export
+    from shoplens.export.quantize import StaticOptions
 
     modes = list(dict.fromkeys(int8 or []))
     bad = [m for m in modes if m not in ("dynamic", "static")]
     if bad:
         raise InvalidInputError(f"--int8 {bad[0]!r} is not one of: dynamic, static")
+    methods = ("minmax", "percentile", "entropy")
+    if calibration_method not in methods:
+        raise InvalidInputError(
+            f"--calibration-method {calibration_method!r} is not one of: {', '.join(methods)}"
+        )
+    static = StaticOptions(calibration=calibration_method, exclude_first_last=keep_ends)  # type: ignore[arg-type]
     data = (
         catalog_data(catalog, calibration, gallery, queries)
         if catalog
         else fashion_mnist_data(calibration, gallery, queries)
     )
-    meta = export_onnx(model, out, int8=modes, calibration_images=data.calibration, opset=opset)  # type: ignore[arg-type]
+    meta = export_onnx(
+        model, out, int8=modes, calibration_images=data.calibration, opset=opset,  # type: ignore[arg-type]
+        static_options=static,
+    )  # fmt: skip
     if measure:
         meta["accuracy"] = measure_export(
             out, data.gallery, data.gallery_labels, query_images=data.queries,

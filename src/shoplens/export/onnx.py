@@ -17,17 +17,22 @@
   ``1e-4`` or the export fails), and after :func:`measure_export` the accuracy change.
 
 Exportable: ``trained:DIR`` (any model with ``encode_image``) and ``effnet-lite0[@S]``.
+Each graph is traced with the legacy TorchScript exporter first and checked on inputs of
+other sizes; when the trace baked a size in (``nn.MultiheadAttention`` does for the
+sequence length) the dynamo exporter (opset >= 18) is used instead. ``export.json`` names
+the exporter and opset of every file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import shutil
 import warnings
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -177,7 +182,7 @@ def text_graph(encoder: Encoder) -> tuple[nn.Module | None, dict[str, Any], str]
         st = tower._encoder.model if tower.frozen else tower.st
         prep = getattr(st, "preprocess", None) or st.tokenize
         inputs = [k for k, v in prep(["a"]).items() if isinstance(v, torch.Tensor)]
-        spec = {"type": "hf", "max_length": int(st.max_seq_length), "inputs": inputs,
+        spec = {"type": "hf", "max_length": int(st.max_seq_length or 512), "inputs": inputs,
                 "lower": bool(getattr(st[0], "do_lower_case", False))}  # fmt: skip
         return _MiniLMTextGraph(model, inputs), spec, ""
     return None, {}, f"text tower {type(tower).__name__} is not supported"
@@ -190,37 +195,90 @@ def _no_feature_cache(model: nn.Module) -> Iterator[None]:
 
     cache = getattr(model, "image_cache", None)
     if cache is not None:
-        model.image_cache = FeatureCache(0)
+        setattr(model, "image_cache", FeatureCache(0))  # noqa: B010 (not a tensor/module)
     try:
         yield
     finally:
         if cache is not None:
-            model.image_cache = cache
+            setattr(model, "image_cache", cache)  # noqa: B010
 
 
-def _export(module: nn.Module, args: tuple[Any, ...], path: Path, inputs: list[str],
-            axes: dict[str, dict[int, str]], opset: int) -> None:  # fmt: skip
-    """``torch.onnx.export`` (legacy TorchScript exporter) into ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
+Feeds = tuple[torch.Tensor, ...]
+Axes = dict[str, dict[int, str]]  # input name -> {axis: dynamic dim name}
+
+
+def _run_exporter(exporter: str, module: nn.Module, example: Feeds, path: Path,
+                  inputs: list[str], axes: Axes, opset: int) -> None:  # fmt: skip
+    """One ``torch.onnx.export`` call, quietly (the dynamo exporter prints progress)."""
     inner = getattr(module, "model", None)
-    try:
-        # Traced with autograd on: with it off, nn.TransformerEncoderLayer takes its fused
-        # fast path (aten::_transformer_encoder_layer_fwd), which has no ONNX export.
-        with (
-            torch.enable_grad(),
-            warnings.catch_warnings(),
-            _no_feature_cache(inner) if inner is not None else contextlib.nullcontext(),
-        ):
-            warnings.simplefilter("ignore")
+    # Traced with autograd on: with it off, nn.TransformerEncoderLayer takes its fused
+    # fast path (aten::_transformer_encoder_layer_fwd), which has no ONNX export.
+    with (
+        torch.enable_grad(),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        _no_feature_cache(inner) if inner is not None else contextlib.nullcontext(),
+    ):
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
             torch.onnx.export(
-                module.eval(), args, str(tmp), input_names=inputs, output_names=["embedding"],
-                dynamic_axes={**axes, "embedding": {0: "batch"}}, opset_version=opset,
+                module, example, str(path), input_names=inputs, output_names=["vectors"],
+                dynamic_axes={**axes, "vectors": {0: "batch"}}, opset_version=opset,
                 dynamo=False, do_constant_folding=True,
             )  # fmt: skip
+            return
+        dims = {n: torch.export.Dim(n) for ax in axes.values() for n in ax.values()}
+        shapes = tuple({i: dims[n] for i, n in axes[name].items()} for name in inputs)
+        torch.onnx.export(
+            module, example, str(path), input_names=inputs, output_names=["vectors"],
+            dynamic_shapes=shapes, opset_version=max(opset, 18), dynamo=True,
+        )  # fmt: skip
+
+
+def _probe(path: Path, module: nn.Module, inputs: list[str], probes: list[Feeds]) -> None:
+    """Raise unless ONNX Runtime matches PyTorch on ``probes`` (other batch / lengths)."""
+    from shoplens.export.backends import new_session
+    from shoplens.models.base import l2_normalize
+
+    session = new_session(path, threads=1)
+    for feeds in probes:
+        with torch.inference_mode():
+            ref = l2_normalize(module(*feeds).float().numpy())
+        got = session.run(None, {n: t.numpy() for n, t in zip(inputs, feeds, strict=True)})[0]
+        diff = float(np.abs(l2_normalize(got) - ref).max())
+        if not diff <= TOLERANCE:
+            shapes = [tuple(t.shape) for t in feeds]
+            raise ValueError(f"output differs from PyTorch by {diff:.1e} for inputs {shapes}")
+
+
+def export_module(module: nn.Module, example: Feeds, probes: list[Feeds], path: Path,
+                  inputs: list[str], axes: Axes, opset: int) -> dict[str, Any]:  # fmt: skip
+    """Export ``module`` to ``path`` with the legacy TorchScript exporter, else dynamo.
+
+    Each result must match PyTorch on ``probes`` (inputs of other sizes than
+    ``example``), as a trace can bake a size in: the TorchScript trace of
+    ``nn.MultiheadAttention`` (the tiny text tower) keeps the example's sequence length,
+    so that tower goes through dynamo. Returns ``{"exporter", "opset"}`` of the file
+    written (atomically).
+    """
+    import onnx
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    errors = []
+    module = module.eval()
+    for exporter in ("torchscript", "dynamo"):
+        try:
+            _run_exporter(exporter, module, example, tmp, inputs, axes, opset)
+            _probe(tmp, module, inputs, probes)
+        except Exception as e:
+            errors.append(f"{exporter}: {type(e).__name__}: {str(e)[:300]}")
+            tmp.unlink(missing_ok=True)
+            continue
         os.replace(tmp, path)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise InvalidInputError(f"ONNX export of {path.name} failed: {type(e).__name__}: {e}") from e
+        model = onnx.load(str(path), load_external_data=False)
+        opsets = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+        return {"exporter": exporter, "opset": opsets[0] if opsets else opset}
+    raise InvalidInputError(f"ONNX export of {path.name} failed: " + "; ".join(errors))
 
 
 def synthetic_images(n: int = 16, size: int = 48, seed: int = 0) -> list[Image.Image]:
@@ -237,8 +295,11 @@ def synthetic_images(n: int = 16, size: int = 48, seed: int = 0) -> list[Image.I
 
 def _diff(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     cos = np.sum(a * b, axis=1)  # both L2-normalised: (N,)
-    return {"max_abs_diff": float(np.abs(a - b).max(initial=0.0)),
-            "min_cosine": float(cos.min(initial=1.0)), "mean_cosine": float(cos.mean())}  # fmt: skip
+    return {
+        "max_abs_diff": float(np.abs(a - b).max(initial=0.0)),
+        "min_cosine": float(cos.min(initial=1.0)),
+        "mean_cosine": float(cos.mean()),
+    }
 
 
 def _check_parity(what: str, stats: dict[str, float], tol: float) -> dict[str, Any]:
@@ -320,33 +381,42 @@ def export_onnx(
         "text": None, "text_skipped": None, "files": {},
     }  # fmt: skip
     preprocess = image_preprocessor(prep)  # what the exported encoder will run
-    x = torch.from_numpy(preprocess(sample[:8]))  # (B, 3, S, S)
-    _export(module, (x,), out / IMAGE_FILE, ["pixels"], {"pixels": {0: "batch"}}, opset)
+    x = torch.from_numpy(preprocess((sample * 7)[:7]))  # (7, 3, S, S)
+    how = export_module(module, (x[:5],), [(x[:1],), (x,)], out / IMAGE_FILE, ["pixels"],
+                        {"pixels": {0: "batch"}}, opset)  # fmt: skip
     ref = encoder.encode_images(sample)  # (N, D)
     checker = OnnxEncoder(out, meta=meta, image_file=IMAGE_FILE, batch_size=7)
     stats = _diff(checker.encode_images(sample), ref)
     one = _diff(checker.encode_images(sample[:1]), ref[:1])
     stats["max_abs_diff"] = max(stats["max_abs_diff"], one["max_abs_diff"])
-    meta["files"][IMAGE_FILE] = _file_info(out / IMAGE_FILE, "image", "fp32",
-                                           _check_parity("image.onnx", stats, TOLERANCE))  # fmt: skip
+    parity = _check_parity("image.onnx", stats, TOLERANCE)
+    meta["files"][IMAGE_FILE] = {**_file_info(out / IMAGE_FILE, "image", "fp32", parity), **how}
     _export_text(encoder, out, meta, opset)
     for mode in modes:
         dst = out / INT8_FILES[mode]
         if mode == "dynamic":
             how = quantize_dynamic_file(out / IMAGE_FILE, dst)
         else:
-            batches = (
-                {"pixels": preprocess(calibration_images[s : s + CALIBRATION_BATCH])}
-                for s in range(0, len(calibration_images or []), CALIBRATION_BATCH)
-            )
+            batches, used = calibration_batches(preprocess, calibration_images or [])
             how = quantize_static_file(out / IMAGE_FILE, dst, batches, static_options)
-            how["calibration_images"] = len(calibration_images or [])
+            how["calibration_images"] = used
         q = OnnxEncoder(out, meta=meta, image_file=dst.name, batch_size=7)
         stats = _diff(q.encode_images(sample), ref)
         meta["files"][dst.name] = {**_file_info(dst, "image", "int8", stats),
                                    "quantization": {**how, **count_quantized(dst)}}  # fmt: skip
     _write_meta(out, meta)
     return meta
+
+
+def calibration_batches(
+    preprocess: Callable[[Sequence[Image.Image]], np.ndarray], images: Sequence[Image.Image]
+) -> tuple[Iterator[dict[str, np.ndarray]], int]:
+    """Equal batches ``{"pixels": (B, 3, S, S)}`` of preprocessed images (a remainder that
+    does not fill a batch is left out) and the number of images they hold."""
+    size = min(CALIBRATION_BATCH, len(images))
+    used = len(images) // size * size if size else 0
+    batches = ({"pixels": preprocess(images[s : s + size])} for s in range(0, used, size))
+    return batches, used
 
 
 def _file_info(path: Path, kind: str, precision: str, parity: dict[str, Any]) -> dict[str, Any]:
@@ -364,16 +434,21 @@ def _export_text(encoder: Encoder, out: Path, meta: dict[str, Any], opset: int) 
         st = tower._encoder.model if tower.frozen else tower.st
         st.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
     meta["text"] = {"file": TEXT_FILE, "tokenizer": tok_spec}
-    feeds = text_tokenizer(out, tok_spec)(list(SAMPLE_TEXTS[:3]))
+    tokenize = text_tokenizer(out, tok_spec)
+    feeds = tokenize(list(SAMPLE_TEXTS[:5]))
     names = list(feeds)
-    args = tuple(torch.from_numpy(v) for v in feeds.values())
-    axes = {n: {0: "batch", 1: "seq"} for n in names}
-    _export(module, args, out / TEXT_FILE, names, axes, opset)
+
+    def tensors(f: dict[str, np.ndarray]) -> Feeds:
+        return tuple(torch.from_numpy(f[n]) for n in names)
+
+    probes = [tensors(tokenize([SAMPLE_TEXTS[0]])), tensors(tokenize(list(SAMPLE_TEXTS)))]
+    axes = {n: {i: ("batch", "seq", "grams")[i] for i in range(v.ndim)} for n, v in feeds.items()}
+    how = export_module(module, tensors(feeds), probes, out / TEXT_FILE, names, axes, opset)
     texts = list(SAMPLE_TEXTS)
     checker = OnnxEncoder(out, meta=meta, image_file=IMAGE_FILE, batch_size=3)
     stats = _diff(checker.encode_texts(texts), encoder.encode_texts(texts))
-    meta["files"][TEXT_FILE] = _file_info(out / TEXT_FILE, "text", "fp32",
-                                          _check_parity("text.onnx", stats, TOLERANCE))  # fmt: skip
+    parity = _check_parity("text.onnx", stats, TOLERANCE)
+    meta["files"][TEXT_FILE] = {**_file_info(out / TEXT_FILE, "text", "fp32", parity), **how}
 
 
 def measure_export(
@@ -385,6 +460,7 @@ def measure_export(
     query_labels: Sequence[Hashable] | np.ndarray | None = None,
     k: int = 5,
     data: str = "custom",
+    files: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of each exported image model against the PyTorch source; saved in export.json.
 
@@ -404,7 +480,8 @@ def measure_export(
       100 x (variant - PyTorch);
     * ``mean_cosine``: mean cosine between the variant's and PyTorch's query embeddings.
 
-    Returns the ``accuracy`` section written into ``export.json``.
+    ``files``: the image model files of the folder to compare (default: every image file
+    in export.json). Returns the ``accuracy`` section written into ``export.json``.
     """
     from shoplens.eval.metrics import ranking_metrics, top_k
 
@@ -424,9 +501,12 @@ def measure_export(
         raise InvalidInputError(f"need labelled queries and at least {top} gallery images")
     _, torch_enc = _source(str(meta["source"]))
     encoders: dict[str, Encoder] = {"torch": torch_enc}
-    for name, info in meta.get("files", {}).items():
-        if info.get("kind") == "image" and (folder / name).is_file():
-            encoders[name] = OnnxEncoder(folder, meta=meta, image_file=name)
+    listed = sorted(
+        (n for n, info in meta.get("files", {}).items() if info.get("kind") == "image"),
+        key=lambda n: (n != IMAGE_FILE, n),  # fp32 first
+    )
+    for name in listed if files is None else files:
+        encoders[name] = OnnxEncoder(folder, meta=meta, image_file=name)
     variants: dict[str, dict[str, float]] = {}
     ref_q: np.ndarray | None = None
     ref_top: np.ndarray | None = None
@@ -459,4 +539,11 @@ def measure_export(
     return result
 
 
-__all__ = ["TOLERANCE", "export_onnx", "image_graph", "measure_export", "text_graph"]
+__all__ = [
+    "TOLERANCE",
+    "calibration_batches",
+    "export_onnx",
+    "image_graph",
+    "measure_export",
+    "text_graph",
+]

@@ -16,6 +16,7 @@ ONNX Runtime recommends; if that fails the model is quantised as exported.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -52,14 +53,14 @@ class StaticOptions:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the quantisation tools' INFO logging and warnings."""
+    """Silence the quantisation tools' logging, warnings and prints (stdout stays JSON)."""
     import warnings
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -77,9 +78,10 @@ def preprocessed(src: Path) -> Iterator[tuple[Path, bool]]:
         try:
             with _quiet():
                 quant_pre_process(str(src), tmp, skip_symbolic_shape=False)
-            yield Path(tmp), True
-        except Exception:  # noqa: BLE001 (quantise the model as exported instead)
-            yield src, False
+            model, ok = Path(tmp), True
+        except Exception:  # quantise the model as exported instead
+            model, ok = src, False
+        yield model, ok
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -90,7 +92,13 @@ def count_quantized(path: Path) -> dict[str, int]:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    integer = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
+    integer = {
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "DynamicQuantizeLinear",
+    }
     ops = [n.op_type for n in graph.node]
     qdq_weights = sum(op == "DequantizeLinear" for op in ops)
     return {"int8_ops": sum(op in integer for op in ops) + qdq_weights, "total": len(ops)}
@@ -135,8 +143,9 @@ def quantize_static_file(
 ) -> dict[str, Any]:
     """Static QDQ int8 quantisation of ``src`` into ``dst``, calibrated on ``batches``.
 
-    ``batches``: dicts of the model's input name -> preprocessed (B, 3, S, S) float32.
-    Returns the settings used (JSON-able).
+    ``batches``: dicts of the model's input name -> preprocessed (B, 3, S, S) float32,
+    all of one batch size (the histogram calibrations stack them). Returns the settings
+    used (JSON-able).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
