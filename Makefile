@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data browser demo test lint typecheck unit eval screenshots clean
+.PHONY: setup data browser demo test lint typecheck unit eval report bench screenshots clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,12 @@ test: lint typecheck unit
 
 eval: setup data
 	$(VENV)/bin/shoplens eval $(ARGS)
+
+report: setup
+	$(VENV)/bin/shoplens report
+
+bench: setup data
+	$(VENV)/bin/shoplens bench run all
 
 screenshots: setup browser
 	$(PY) -m shoplens.serve.screenshots docs/screenshots

@@ -14,9 +14,8 @@ every epoch end (atomic write + fsync), config.yaml, metrics.json and the final 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,13 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from shoplens.eval.report import machine_info
 from shoplens.training import TrainConfig, fit
 from shoplens.training.optim import build_optimizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # benchmarks/common.py, next to this script
+
 HEADING = "## Training loop overhead"
 TARGET = 0.9
-DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+DOC = common.DOC
 
 
 class SmallCNN(nn.Module):
@@ -132,7 +133,7 @@ def render(
     runs: dict[str, list[Timing]], samples: int, cfg: TrainConfig, threads: int, load: float
 ) -> str:
     """The markdown section: machine, setup, per-loop throughput and the ratios."""
-    m = machine_info()
+    m = common.machine()
     n = samples * cfg.epochs
     params = sum(p.numel() for p in new_model().parameters())
     wall = {k: [n / t[0] for t in v] for k, v in runs.items()}  # samples/s per repeat
@@ -155,10 +156,9 @@ def render(
         [
             HEADING,
             "",
-            f"Measured {dt.date.today().isoformat()} with `python benchmarks/bench_train_loop.py`"
-            f" on {m['cpu']} ({m['nproc']} cores available, {threads} torch thread(s), "
-            f"load average {load:.1f} from other work), torch {m['torch']}, "
-            f"Python {m['python']}, commit {m['commit']}.",
+            common.measured_line(
+                "bench_train_loop.py", f"{threads} torch thread(s)", f"torch {m['torch']}", load, m
+            ),
             "",
             f"A small CNN ({params:,} parameters) trained on {samples} random 3x32x32 images, "
             f"batch {cfg.batch_size}, {cfg.epochs} epochs, by a bare PyTorch loop and by "
@@ -183,19 +183,6 @@ def render(
     )
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Replace this benchmark's section of ``doc`` (other sections are left as they are)."""
-    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n\n"
-    start = text.find(HEADING + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1024)
@@ -216,10 +203,10 @@ def main() -> None:
         log_every=10**9,
     )
     runs = measure(args.samples, args.repeats, cfg)
-    section = render(runs, args.samples, cfg, args.threads, os.getloadavg()[0])
+    section = render(runs, args.samples, cfg, args.threads, common.load_average())
     print(section)
     if not args.no_write:
-        write_section(DOC, section)
+        common.write_section(DOC, section)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,12 @@ def machine() -> dict[str, Any]:
 
 
 def measured_line(
-    script: str, setup: str, versions: str, load: float, m: dict[str, Any] | None = None
+    script: str,
+    setup: str,
+    versions: str,
+    load: float,
+    m: dict[str, Any] | None = None,
+    date: str | None = None,
 ) -> str:
     """The sentence opening every section: date, command, machine, load, versions, commit.
 
@@ -50,10 +55,11 @@ def measured_line(
         versions: Library versions, e.g. ``"torch 2.14.1"``.
         load: Load average from other work while measuring.
         m: ``machine()``, computed when not given.
+        date: ISO date of the measurement, default today.
     """
     m = m or machine()
     return (
-        f"Measured {dt.date.today().isoformat()} with `python benchmarks/{script}` on "
+        f"Measured {date or dt.date.today().isoformat()} with `python benchmarks/{script}` on "
         f"{m['cpu']} ({m['nproc']} cores available, {setup}, load average {load:.1f} from "
         f"other work), {versions}, Python {m['python']}, commit {m['commit']}."
     )

@@ -102,8 +102,9 @@ def run_command(
 ) -> None:
     """Run benchmarks/bench_NAME.py with this Python from the repository root.
 
-    It prints its results and updates docs/BENCHMARKS.md unless given --no-write.
-    ``all`` runs every benchmark in turn with the same extra arguments.
+    Each script prints its results and replaces its section of docs/BENCHMARKS.md (most
+    take --no-write to print only; see `shoplens bench run NAME -- --help`). NAME 'all'
+    runs every benchmark in turn with the same extra arguments.
     """
     repo = find_repo()
     names = list(list_benchmarks(repo)) if name == "all" else [name]

@@ -1,5 +1,5 @@
 """``shoplens`` command line: demo, ingest, index, search, dedupe, serve, train, eval, models,
-events, simulate, recommend, keys, export, report.
+events, simulate, recommend, keys, export, report, bench.
 
 Human output by default, ``--json`` for machines. Exit 0 on success, 2 with a one-line
 ``error: ...`` on bad input (never a traceback for a user error).
@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from shoplens import progress
+from shoplens.bench import bench_app
 from shoplens.errors import InvalidInputError, ShoplensError
 from shoplens.eval.cli import eval_command
 from shoplens.export.cli import export_app
@@ -37,6 +38,7 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(recommend_app, name="recommend")
 app.add_typer(keys_app, name="keys")
 app.add_typer(export_app, name="export")
+app.add_typer(bench_app, name="bench")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 CatalogOpt = Annotated[str, typer.Option("--catalog", "-c", help="Catalogue name.")]

@@ -124,3 +124,24 @@ def test_selector_path_for_broad_filters(
     ref = make_index(32, "exact")
     ref.add(ids, x)
     assert recall_at_k(ref.search(q, 10, allowed)[1], got) >= 0.9
+
+
+def test_hnsw_build_effort_is_kept_and_search_settings_change(tmp_path: Path) -> None:
+    import faiss
+
+    from shoplens.index.faiss_index import FaissIndex
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(500, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index = FaissIndex(16, "HNSW32")
+    assert faiss.downcast_index(index._index.index).hnsw.efConstruction == 200
+    index.add(np.arange(500), vecs)
+    index.set_params(ef_search=16)
+    assert faiss.downcast_index(index._index.index).hnsw.efSearch == 16
+    with pytest.raises(InvalidInputError, match="ef_search"):
+        index.set_params(ef_search=0)
+    index.save(tmp_path / "idx")
+    loaded = FaissIndex.load(tmp_path / "idx")
+    assert (loaded.ef_construction, loaded.ef_search) == (200, 16)
+    np.testing.assert_array_equal(loaded.search(vecs[:5], 3)[1], index.search(vecs[:5], 3)[1])
