@@ -278,6 +278,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     encoder: EncoderOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve a registered model NAME[@ALIAS] (alias champion by default) and "
+            "follow the alias: 'shoplens models promote/rollback' swap it live."
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
@@ -285,9 +292,12 @@ def serve(
     from shoplens.catalog.store import Catalog
     from shoplens.serve import ServiceSettings, create_app
 
+    if model and encoder:
+        raise InvalidInputError("give --encoder or --model, not both")
     Catalog.open(catalog).close()  # fail fast with a clear error for an unknown catalogue
+    extra: dict[str, Any] = {"model": model} if model else {}  # else SHOPLENS_MODEL applies
     uvicorn.run(
-        create_app(ServiceSettings(catalog=catalog, encoder=encoder)),
+        create_app(ServiceSettings(catalog=catalog, encoder=encoder, **extra)),
         host=host,
         port=port,
         log_level="info",

@@ -140,31 +140,29 @@ def run_recs_eval(
         evaluate_setting(items, p, n_customers=n_customers, seed=seed, fast=fast, say=say)
         for p in presets
     ]
-    out = {
-        "meta": {
-            "catalog": catalog.name,
-            "items": len(items),
-            "encoder": items.encoder,
-            "text_embeddings": items.text is not None,
-            "customers": n_customers,
-            "seed": seed,
-            "simulated": True,
-            "date": time.strftime("%Y-%m-%d"),
-            "commit": _git_commit(),
-            "hardware": f"{platform.machine()}, {_cpus()} CPU cores",
-            "total_s": round(time.perf_counter() - t0, 1),
-        },
-        "settings": settings,
+    meta: dict[str, Any] = {
+        "catalog": catalog.name,
+        "items": len(items),
+        "encoder": items.encoder,
+        "text_embeddings": items.text is not None,
+        "customers": n_customers,
+        "seed": seed,
+        "simulated": True,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": _git_commit(),
+        "hardware": f"{platform.machine()}, {_cpus()} CPU cores",
+        "total_s": round(time.perf_counter() - t0, 1),
     }
+    out: dict[str, Any] = {"meta": meta, "settings": settings}
     folder = shoplens_home() / "evals"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"recs-{catalog.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     with atomic_write(path) as f:
         f.write(json.dumps(out, indent=2, default=_json_default).encode())
-    out["meta"]["json"] = str(path)
+    meta["json"] = str(path)
     if results_md is not None:
         update_results_md(results_md, out)
-        out["meta"]["results_md"] = str(results_md)
+        meta["results_md"] = str(results_md)
     return out
 
 

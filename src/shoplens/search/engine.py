@@ -85,6 +85,8 @@ class SearchEngine:
             self.text_encoder = get_encoder(text_encoder)
         except NotReadyError:
             self.text_build, self.bm25 = None, None
+        # product id -> row of the image build (built once: a per-query map costs O(N))
+        self._rows = {int(i): n for n, i in enumerate(self.image_build.ids)}
 
     @classmethod
     def open(cls, name: str, encoder: str | None = None) -> SearchEngine:
@@ -110,30 +112,61 @@ class SearchEngine:
     def _hits(
         self, ranked: list[tuple[int, float]], k: int, dedupe: bool, exclude: set[int] | None = None
     ) -> list[Hit]:
-        products = self.catalog.get_by_ids([i for i, _ in ranked])
         hits: list[Hit] = []
         seen_images: set[str] = set()
-        for pid, score in ranked:
-            p: Product | None = products.get(pid)
-            if p is None or (exclude and pid in exclude):
-                continue
-            if dedupe and p.image_key in seen_images:
-                continue
-            seen_images.add(p.image_key)
-            hits.append(
-                Hit(
-                    sku=p.sku,
-                    score=score,
-                    title=p.title,
-                    category=p.category,
-                    attributes=p.attributes,
-                    image_url=f"/v1/products/{quote(p.sku, safe='')}/image",
-                    image_path=str(self.catalog.image_path(p.image_key)),
+        # Products are read in growing chunks: usually the first k (plus what is excluded)
+        # candidates fill the page, so reading all the ranked candidates would be wasted.
+        start, chunk = 0, k + len(exclude or ()) + 4
+        while start < len(ranked) and len(hits) < k:
+            part = ranked[start : start + chunk]
+            start, chunk = start + len(part), chunk * 2
+            products = self.catalog.get_by_ids([i for i, _ in part])
+            for pid, score in part:
+                p: Product | None = products.get(pid)
+                if p is None or (exclude and pid in exclude):
+                    continue
+                if dedupe and p.image_key in seen_images:
+                    continue
+                seen_images.add(p.image_key)
+                hits.append(
+                    Hit(
+                        sku=p.sku,
+                        score=score,
+                        title=p.title,
+                        category=p.category,
+                        attributes=p.attributes,
+                        image_url=f"/v1/products/{quote(p.sku, safe='')}/image",
+                        image_path=str(self.catalog.image_path(p.image_key)),
+                    )
                 )
-            )
-            if len(hits) == k:
-                break
+                if len(hits) == k:
+                    break
         return hits
+
+    def product_vector(self, product_id: int) -> np.ndarray:
+        """The stored image embedding of a product. Returns (1, D)."""
+        row = self._rows.get(int(product_id))
+        if row is None:
+            raise NotReadyError(
+                f"product {product_id} is not in the index; run 'shoplens index build'"
+            )
+        return np.asarray(self.image_build.embeddings[row : row + 1])
+
+    def search_vector(
+        self,
+        q: np.ndarray,
+        k: int = 10,
+        filters: Filters | None = None,
+        dedupe: bool = True,
+        exclude: set[int] | None = None,
+    ) -> list[Hit]:
+        """The search step alone: products nearest to query embedding ``q`` (1, D)."""
+        check_k(k)
+        extra = len(exclude) if exclude else 0
+        ranked = self._vector_ranked(
+            self.image_build, q, max(100, 3 * k + extra), self._allowed(filters)
+        )
+        return self._hits(ranked, k, dedupe, exclude=exclude)
 
     def _vector_ranked(
         self, build: IndexBuild, q: np.ndarray, n: int, allowed: np.ndarray | None
@@ -141,7 +174,9 @@ class SearchEngine:
         if allowed is not None and allowed.size == 0:
             return []
         scores, ids = build.index.search(q, n, allowed)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        # tolist() first: iterating numpy arrays element by element is several times slower
+        pairs = zip(ids[0].tolist(), scores[0].tolist(), strict=True)
+        return [(int(i), float(s)) for i, s in pairs if i >= 0]
 
     # ---- queries ---------------------------------------------------------------------
     def image_ranking(
@@ -235,8 +270,6 @@ class SearchEngine:
         """Products that look like ``sku`` (the product itself is left out)."""
         check_k(k)
         product = self.catalog.get(sku)
-        q = self.image_build.vectors_for([product.id])  # (1, D)
-        ranked = self._vector_ranked(
-            self.image_build, np.asarray(q), max(100, 3 * k + 1), self._allowed(filters)
+        return self.search_vector(
+            self.product_vector(product.id), k, filters, dedupe, exclude={product.id}
         )
-        return self._hits(ranked, k, dedupe, exclude={product.id})

@@ -32,6 +32,7 @@ from shoplens.errors import (
     ShoplensError,
 )
 from shoplens.search.engine import Filters, SearchEngine
+from shoplens.serve.batching import BatchingEncoder
 from shoplens.serve.keys import KeyStore
 from shoplens.serve.metrics import Metrics
 from shoplens.serve.schemas import (
@@ -48,6 +49,7 @@ from shoplens.serve.schemas import (
     SearchResponse,
 )
 from shoplens.serve.settings import ServiceSettings
+from shoplens.training.tracking import ModelVersionInfo
 
 log = logging.getLogger("shoplens.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -56,39 +58,293 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class ServiceState:
-    """The loaded engine (or why it is not loaded yet), guarded by a lock."""
+    """The served engine (or why there is none yet), guarded by a lock.
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    With ``settings.model`` ("NAME@ALIAS") the engine serves that registered model's
+    version and a watcher thread follows the alias: a new version is loaded (its
+    catalogue index built first when missing) while the old one keeps serving, then the
+    engine reference is swapped under the lock. A request takes the engine once
+    (:meth:`get`) and finishes with it, so no request fails during a swap.
+    """
+
+    def __init__(self, settings: ServiceSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one load / swap at a time
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self.engine: SearchEngine | None = None
         self.error: str | None = None
         self.loading = False
+        self.model: ModelVersionInfo | None = None  # the served registered version
+        self.alias: str | None = None
+        self.swaps = 0
+        self.swap_error: str | None = None  # why the last alias change is not served
+        self.building: str | None = None  # encoder spec whose index is being built
+        self._failed: tuple[str, str, float] | None = None  # (version, source, when)
+        self._tracker: Any = None
 
+    # ---- loading -----------------------------------------------------------------------
     def load(self) -> None:
+        """First load (in a background thread or at start-up); never raises."""
         with self._lock:
             self.loading = True
         try:
-            engine = SearchEngine.open(self.settings.catalog, self.settings.encoder)
+            if self.settings.model:
+                self.refresh()
+            else:
+                self._install(self._open_engine(self.settings.encoder), None)
         except ShoplensError as e:
             with self._lock:
-                self.error, self.loading = e.message, False
+                self.error = e.message
             log.error("cannot load catalogue %s: %s", self.settings.catalog, e.message)
-            return
         except Exception as e:  # a bug, but the service must still say why it isn't ready
             log.exception("loading failed")
             with self._lock:
-                self.error, self.loading = f"loading failed: {e}", False
-            return
-        with self._lock:
-            self.engine, self.error, self.loading = engine, None, False
+                self.error = f"loading failed: {e}"
+        finally:
+            with self._lock:
+                self.loading = False
 
+    def _registry(self) -> Any:
+        if self._tracker is None:
+            from shoplens.training.tracking import MlflowTracker
+
+            self._tracker = MlflowTracker()
+        return self._tracker
+
+    def refresh(self) -> bool:
+        """Serve the version the model alias points at now; True when it was swapped in.
+
+        Loads (and when needed indexes) the new version completely before the swap; on
+        failure the current engine stays and the reason is kept in ``swap_error``.
+        """
+        from shoplens.training.tracking import parse_model_ref
+
+        assert self.settings.model
+        name, alias = parse_model_ref(self.settings.model)
+        with self._refresh_lock:
+            info = self._registry().get_model_version_by_alias(name, alias)
+            current = self.model
+            if (
+                self.engine is not None
+                and current is not None
+                and (current.version, current.source) == (info.version, info.source)
+            ):
+                return False
+            failed = self._failed
+            if (
+                failed is not None
+                and failed[:2] == (info.version, info.source)
+                and time.monotonic() - failed[2] < max(60.0, 10 * self.settings.registry_poll_s)
+            ):
+                return False  # failed recently: retry later, not at every poll
+            try:
+                engine = self._open_engine(f"trained:{info.source_dir}")
+            except Exception as e:
+                self._failed = (info.version, info.source, time.monotonic())
+                why = e.message if isinstance(e, ShoplensError) else f"{type(e).__name__}: {e}"
+                with self._lock:
+                    self.swap_error = f"{name}@{alias} version {info.version}: {why}"
+                raise
+            self._failed = None
+            self._install(engine, info, alias)
+            log.info("serving %s@%s version %s", name, alias, info.version)
+            return True
+
+    def _open_engine(self, spec: str | None) -> SearchEngine:
+        """A loaded engine for ``spec`` (encoders wrapped for micro-batching)."""
+        from shoplens.catalog.store import Catalog
+        from shoplens.index.store import read_meta
+
+        settings = self.settings
+        _set_threads(settings)
+        current = self.engine
+        catalog = current.catalog if current is not None else Catalog.open(settings.catalog)
+        try:
+            if spec is not None and read_meta(catalog, spec) is None:
+                self._build_index(spec)
+            engine = SearchEngine(catalog, spec)
+        except BaseException:
+            if current is None:
+                catalog.close()
+            raise
+        engine.encoder = self._wrap(engine.encoder)
+        if getattr(engine, "text_encoder", None) is not None and engine.text_build is not None:
+            engine.text_encoder = self._wrap(engine.text_encoder)
+        if settings.faiss_threads is not None:
+            for build in (engine.image_build, engine.text_build):
+                if build is not None and hasattr(build.index, "_index"):  # a FAISS index
+                    build.index = _ThreadLimitedIndex(build.index, settings.faiss_threads)
+        return engine
+
+    def _build_index(self, spec: str) -> None:
+        """Index the catalogue for ``spec`` (its own connection; the default stays)."""
+        from shoplens.catalog.store import Catalog
+        from shoplens.index.build import build_image_index
+
+        with self._lock:
+            self.building = spec
+        log.info("building the catalogue index for %s", spec)
+        try:
+            with Catalog.open(self.settings.catalog) as cat:
+                default = cat.get_meta("default_encoder")
+                build_image_index(cat, spec)
+                if default is not None and default != spec:
+                    cat.set_meta("default_encoder", default)  # serving is not choosing
+        finally:
+            with self._lock:
+                self.building = None
+
+    def _wrap(self, encoder: Any) -> Any:
+        s = self.settings
+        return BatchingEncoder(
+            encoder,
+            max_batch=s.batch_max_size,
+            max_wait_ms=s.batch_max_wait_ms,
+            enabled=s.batching,
+            on_encode=self.metrics.observe_encode if self.metrics is not None else None,
+        )
+
+    def _install(
+        self, engine: SearchEngine, info: ModelVersionInfo | None, alias: str | None = None
+    ) -> None:
+        with self._lock:
+            old = self.engine
+            self.engine, self.model, self.alias = engine, info, alias
+            self.error = self.swap_error = None
+            if old is not None:
+                self.swaps += 1
+        if self.metrics is not None:
+            self.metrics.set_model(
+                engine.image_build.encoder,
+                info.name if info else "",
+                info.version if info else "",
+                alias or "",
+            )
+            self.metrics.index_size.set(engine.image_build.index.ntotal)
+            self.metrics.ready.set(1)
+            if old is not None:
+                self.metrics.model_swaps.inc()
+        if old is not None:
+            # Requests still running with the old engine finish with it: its encoders
+            # answer directly once their batchers are closed.
+            _close_encoders(old)
+
+    # ---- following the alias -------------------------------------------------------------
+    def start_watching(self) -> None:
+        """Poll the model alias every ``registry_poll_s`` in a daemon thread."""
+        if not self.settings.model or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="shoplens-registry", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        last = None  # log a failure once, not at every poll
+        while not self._stop.wait(self.settings.registry_poll_s):
+            try:
+                self.refresh()
+                last = None
+            except ShoplensError as e:
+                if e.message != last:
+                    log.warning("model %s: %s", self.settings.model, e.message)
+                last = e.message
+                if self.engine is None:
+                    with self._lock:
+                        self.error = e.message
+            except Exception as e:
+                if str(e) != last:
+                    log.exception("checking model %s failed", self.settings.model)
+                last = str(e)
+
+    def close(self) -> None:
+        """Stop the watcher and the batchers (at shutdown)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=30)
+        if self.engine is not None:
+            _close_encoders(self.engine)
+
+    # ---- serving -------------------------------------------------------------------------
     def get(self) -> SearchEngine:
         with self._lock:
             if self.engine is not None:
                 return self.engine
-            why = self.error or "the index is still loading"
+            why = self.error or (
+                f"building the index for {self.building}" if self.building else None
+            )
+            why = why or "the index is still loading"
         raise ServiceUnavailableError(f"service not ready: {why}")
+
+    def describe_model(self) -> dict[str, Any] | None:
+        """The served registered model (None when serving a plain encoder spec)."""
+        with self._lock:
+            info, alias = self.model, self.alias
+            swaps, swap_error, building = self.swaps, self.swap_error, self.building
+        if info is None:
+            return None
+        return {
+            "name": info.name,
+            "version": info.version,
+            "alias": alias,
+            "run_id": info.run_id,
+            "swaps": swaps,
+            "pending": swap_error or (f"building the index for {building}" if building else None),
+        }
+
+
+def _close_encoders(engine: SearchEngine) -> None:
+    for attr in ("encoder", "text_encoder"):
+        enc = getattr(engine, attr, None)
+        if isinstance(enc, BatchingEncoder):
+            enc.close()
+
+
+def _set_threads(settings: ServiceSettings) -> None:
+    """Threads per torch call, BLAS (numpy) call and FAISS call in this process.
+
+    torch and OpenBLAS keep one process-wide setting. FAISS's OpenMP setting belongs to
+    the thread that makes it, so request threads make it themselves
+    (:class:`_ThreadLimitedIndex`).
+    """
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    if settings.faiss_threads is not None:
+        import faiss
+
+        faiss.omp_set_num_threads(settings.faiss_threads)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - installed with the recommenders
+            return
+        threadpool_limits(settings.faiss_threads, user_api="blas")
+
+
+_thread_settings = threading.local()
+
+
+class _ThreadLimitedIndex:
+    """A FAISS index whose searches run with ``threads`` OpenMP threads in any thread."""
+
+    def __init__(self, index: Any, threads: int) -> None:
+        self.index = index
+        self.threads = threads
+
+    def search(self, vectors: Any, k: int, allowed_ids: Any = None) -> Any:
+        if getattr(_thread_settings, "faiss", None) != self.threads:
+            import faiss
+
+            faiss.omp_set_num_threads(self.threads)  # this thread's OpenMP setting
+            _thread_settings.faiss = self.threads
+        return self.index.search(vectors, k, allowed_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "index":
+            raise AttributeError(name)
+        return getattr(self.index, name)
 
 
 class RecsState:
@@ -204,16 +460,23 @@ def parse_attr_params(values: list[str]) -> dict[str, str]:
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the service for ``settings.catalog`` (see :class:`ServiceSettings`)."""
     settings = settings or ServiceSettings()
-    state = ServiceState(settings)
     metrics = Metrics()
+    state = ServiceState(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        def load_then_watch() -> None:
+            state.load()
+            state.start_watching()
+
         if settings.load_in_background:
-            threading.Thread(target=state.load, name="shoplens-load", daemon=True).start()
+            threading.Thread(target=load_then_watch, name="shoplens-load", daemon=True).start()
         else:
-            await run_in_threadpool(state.load)
-        yield
+            await run_in_threadpool(load_then_watch)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(state.close)
 
     app = FastAPI(
         title="shoplens",
@@ -256,7 +519,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        metrics.latency.labels(request.method, path).observe(seconds)
+        response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.2f}"
         return response
 
     @app.get("/healthz", tags=["ops"])
@@ -274,6 +539,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "catalog": engine.catalog.name,
             "encoder": engine.image_build.encoder,
             "vectors": engine.image_build.index.ntotal,
+            "model": state.describe_model(),
+            "batching": settings.batching,
         }
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -4,8 +4,10 @@ The service answers each request in a thread of Starlette's pool. With batching 
 request that needs a query embedding hands its image (or text) to a :class:`MicroBatcher`
 and waits; one worker thread collects what arrives within ``max_wait_ms`` of the oldest
 waiting item (at most ``max_batch`` items), runs the encoder once on all of them and gives
-every caller its own row. When one item of a batch makes the encoder raise, the items are
-retried one by one, so only the request with the bad item fails.
+every caller its own row. A request that finds the encoder idle runs at once in its own
+thread (no wait, no hand-off); requests that arrive while a forward pass runs are batched.
+When one item of a batch makes the encoder raise, the items are retried one by one, so
+only the request with the bad item fails.
 
 :class:`BatchingEncoder` wraps any :class:`~shoplens.models.base.Encoder` this way and
 keeps its contract (``encode_images``, ``encode_texts``, ``dim``, ``name``; everything
@@ -36,6 +38,10 @@ OnBatch = Callable[[int, float], None]  # (batch size, seconds in fn)
 _STOP = object()
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher was closed: nothing more is accepted."""
+
+
 class MicroBatcher(Generic[T, R]):
     """Collects items submitted from many threads and runs ``fn`` on batches of them.
 
@@ -49,6 +55,9 @@ class MicroBatcher(Generic[T, R]):
         name: the worker thread's name.
 
     ``submit(item)`` returns a Future with the item's own result or exception.
+    ``call(item)`` blocks for the result; when the batcher is idle (nothing queued or
+    running) it runs ``fn([item])`` at once in the calling thread, so a lone request
+    pays neither the wait nor a thread hand-off; callers arriving meanwhile are batched.
     ``close()`` runs everything submitted so far, then stops the worker; submitting
     after that raises RuntimeError.
     """
@@ -73,6 +82,8 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._queued = 0  # items submitted and not yet taken by the worker
+        self._running = 0  # batches running (the worker's and inline calls)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -85,9 +96,31 @@ class MicroBatcher(Generic[T, R]):
         fut: Future[R] = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise BatcherClosed("the batcher is closed")
+            self._queued += 1
             self._queue.put((item, fut, time.monotonic()))
         return fut
+
+    def call(self, item: T) -> R:
+        """The result for ``item`` (run inline when idle, else batched with others)."""
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("the batcher is closed")
+            inline = self._queued == 0 and self._running == 0
+            if inline:
+                self._running += 1
+        if not inline:
+            return self.submit(item).result()
+        try:
+            t0 = time.perf_counter()
+            out = self.fn([item])
+            if len(out) != 1:
+                raise RuntimeError(f"batch function returned {len(out)} results for 1")
+            self._report(1, time.perf_counter() - t0)
+            return out[0]
+        finally:
+            with self._lock:
+                self._running -= 1
 
     def map(self, items: Sequence[T]) -> list[R]:
         """Submit every item and wait for all results (raises the first item's error)."""
@@ -129,6 +162,9 @@ class MicroBatcher(Generic[T, R]):
                     stop = True
                     break
                 batch.append(nxt)
+            with self._lock:
+                self._queued -= len(batch)
+                self._running += 1
             try:
                 self._process([(item, fut) for item, fut, _ in batch])
             except BaseException as e:  # never leave a caller waiting forever
@@ -136,6 +172,9 @@ class MicroBatcher(Generic[T, R]):
                 for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(e)
+            finally:
+                with self._lock:
+                    self._running -= 1
 
     def _process(self, batch: list[tuple[T, Future[R]]]) -> None:
         live = [(x, f) for x, f in batch if f.set_running_or_notify_cancel()]
@@ -245,11 +284,14 @@ class BatchingEncoder(Encoder):
         batcher = self._batchers.get(kind)
         if batcher is not None and 0 < len(items) <= self.max_batch and not batcher.closed:
             try:
-                futures = [batcher.submit(x) for x in items]
-            except RuntimeError:  # closed meanwhile (a model swap): answer directly
-                pass
+                if len(items) == 1:
+                    rows = [batcher.call(items[0])]
+                else:
+                    futures = [batcher.submit(x) for x in items]
+                    rows = [f.result() for f in futures]
+            except BatcherClosed:
+                pass  # closed meanwhile (a model swap): answer directly below
             else:
-                rows = [f.result() for f in futures]
                 return np.stack(rows).astype(np.float32, copy=False)  # (N, D)
         t0 = time.perf_counter()
         out = self._forward_fn(kind)(list(items))

@@ -255,7 +255,7 @@ class MlflowTracker:
         """
         out = []
         page_token = None
-        models = []
+        models: list[Any] = []
         while True:
             page = self.client.search_registered_models(max_results=100, page_token=page_token)
             models.extend(page)

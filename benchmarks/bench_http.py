@@ -1,0 +1,809 @@
+"""Service latency over HTTP: routes x concurrency, micro-batching on vs off, search overhead.
+
+Starts the real service (``create_app`` under uvicorn, as ``shoplens serve`` runs it) on
+a catalogue (default: the demo catalogue ``fashion-mnist`` in ``$SHOPLENS_HOME``) in a
+subprocess and drives it from this process with a bounded async load generator:
+``httpx.AsyncClient`` with C workers that each send one request at a time (closed loop),
+a fixed number of requests per level after a warm-up. Measured:
+
+* p50 / p90 / p99 / throughput at concurrency 1, 8 and 32 for image search (multipart
+  upload of product images), text search, the product page's similar products
+  (``/v1/products/{sku}/similar``) and recommendations (``/v1/customers/{id}/
+  recommendations`` for the SIMULATED customers of the demo);
+* micro-batching on vs off at concurrency 8 (two service processes, identical but for
+  ``SHOPLENS_BATCHING``; rounds interleaved, so load from other work hits both alike);
+* the search path's overhead in process: ``SearchEngine`` search by sku and by a query
+  embedding vs raw FAISS ``index.search`` on the same index and vectors;
+* recommendation p99 vs product page p99.
+
+Writes the "## Service latency" section of docs/BENCHMARKS.md and the raw numbers
+(latency summaries with histograms) to docs/bench/http.json::
+
+    SHOPLENS_HOME=~/.shoplens python benchmarks/bench_http.py
+    python benchmarks/bench_http.py --quick --no-write       # a smoke test
+    python benchmarks/bench_http.py --max-wait-ms 5 --torch-threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # benchmarks/common.py, next to this script
+
+HEADING = "## Service latency"
+LEVELS = (1, 8, 32)
+TARGET_BATCH_SPEEDUP = 1.5  # throughput, batching on / off, concurrency 8
+TARGET_BATCH_P99 = 2.0  # p99 on / p99 off at most
+TARGET_OVERHEAD = 1.3  # in-process search p50 / raw FAISS p50 at most
+TARGET_RECS = 3.0  # recommendation p99 / product page p99 at most
+HIST_EDGES_MS = np.geomspace(0.5, 30_000, 49)  # log-spaced latency bins
+TEXT_QUERIES = [
+    "black ankle boot", "white sneaker", "summer dress", "striped t-shirt", "warm coat",
+    "leather bag", "blue trousers", "wool pullover", "sandal with straps", "checked shirt",
+    "long sleeve top", "running shoe", "handbag", "slim jeans", "evening dress", "knit sweater",
+]  # fmt: skip
+# What `shoplens serve --catalog NAME --port PORT` runs, with every other setting taken
+# from the SHOPLENS_* environment (batching on / off, threads).
+LAUNCH = """
+import sys, uvicorn
+from shoplens.serve import ServiceSettings, create_app
+app = create_app(ServiceSettings(catalog=sys.argv[1]))
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info")
+"""
+UNSET = ("SHOPLENS_MODEL", "SHOPLENS_ENCODER")  # the catalogue's own encoder is served
+Make = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+Row = dict[str, Any]
+
+
+# ---- the service ----
+@contextmanager
+def service(catalog: str, env: dict[str, str], timeout: float = 600) -> Iterator[str]:
+    """The service (as ``shoplens serve`` runs it) in a subprocess; yields its URL once
+    /readyz is 200. Settings other than the catalogue come from ``env``."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-c", LAUNCH, catalog, str(port)]
+    proc = subprocess.Popen(
+        cmd,
+        env={**{k: v for k, v in os.environ.items() if k not in UNSET}, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"the service exited: {err[-2000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not become ready")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- the load generator ----
+async def _drive(client: httpx.AsyncClient, make: Make, concurrency: int, n: int) -> Row:
+    """``n`` requests from ``concurrency`` workers, each one request at a time."""
+    latencies: list[float] = []
+    in_app: list[float] = []  # the service's own time (Server-Timing header), seconds
+    errors: list[str] = []
+    counter = itertools.count()
+
+    async def worker() -> None:
+        while (i := next(counter)) < n:
+            t0 = time.perf_counter()
+            try:
+                r = await make(client, i)
+                ok, why = r.status_code == 200, f"{r.status_code} {r.text[:120]}"
+                timing = r.headers.get("server-timing", "")
+                if timing.startswith("app;dur="):
+                    in_app.append(float(timing.removeprefix("app;dur=")) / 1000.0)
+            except httpx.HTTPError as e:
+                ok, why = False, f"{type(e).__name__}: {e}"
+            latencies.append(time.perf_counter() - t0)
+            if not ok:
+                errors.append(why)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"latencies": latencies, "in_app": in_app, "errors": errors, "wall_s": wall}
+
+
+def run_load(base: str, make: Make, concurrency: int, n: int, warmup: int) -> Row:
+    """Warm up, then measure ``n`` requests at ``concurrency``; summary + raw samples."""
+
+    async def go() -> Row:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+            if warmup:
+                await _drive(client, make, concurrency, warmup)
+            return await _drive(client, make, concurrency, n)
+
+    out = asyncio.run(go())
+    app = summarize(out["in_app"]) if out["in_app"] else None
+    return {
+        **summarize(out["latencies"]),
+        "in_app": app,
+        "concurrency": concurrency,
+        "errors": len(out["errors"]),
+        "error_examples": out["errors"][:3],
+        "throughput_rps": len(out["latencies"]) / out["wall_s"],
+        "wall_s": out["wall_s"],
+        "samples_s": out["latencies"],
+    }
+
+
+def summarize(latencies: list[float]) -> Row:
+    """p50 / p90 / p99 / max / mean (ms) and a log-binned histogram of ``latencies`` (s)."""
+    ms = np.asarray(latencies) * 1000.0
+    counts, _ = np.histogram(np.clip(ms, HIST_EDGES_MS[0], HIST_EDGES_MS[-1]), HIST_EDGES_MS)
+    return {
+        "requests": int(ms.size),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+        "histogram": {
+            "edges_ms": [round(float(e), 3) for e in HIST_EDGES_MS],
+            "counts": [int(c) for c in counts],
+        },
+    }
+
+
+# ---- workloads ----
+def workloads(catalog: str, customers: list[str], seed: int = 0) -> dict[str, Make]:
+    """Request makers per route, cycling through fixed, seeded inputs."""
+    from shoplens.catalog.store import Catalog
+
+    rng = random.Random(seed)
+    with Catalog.open(catalog) as cat:
+        n = cat.count()
+        picks = set(rng.sample(range(n), min(400, n)))
+        products = [p for i, p in enumerate(cat.iter_products()) if i in picks]
+        images = [cat.image_path(p.image_key).read_bytes() for p in products[:200]]
+        skus = [p.sku for p in products]
+    rng.shuffle(skus)
+
+    async def image(c: httpx.AsyncClient, i: int) -> httpx.Response:
+        data = images[i % len(images)]
+        return await c.post(
+            "/v1/search", files={"image": ("q.png", data, "image/png")}, data={"k": "10"}
+        )
+
+    async def text(c: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await c.post("/v1/search", json={"text": TEXT_QUERIES[i % len(TEXT_QUERIES)]})
+
+    async def similar(c: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await c.get(f"/v1/products/{skus[i % len(skus)]}/similar", params={"k": 10})
+
+    async def recs(c: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await c.get(f"/v1/customers/{customers[i % len(customers)]}/recommendations")
+
+    out: dict[str, Make] = {"image search": image, "text search": text, "product page": similar}
+    if customers:
+        out["recommendations"] = recs
+    return out
+
+
+ROUTES = {
+    "image search": "POST /v1/search (multipart image)",
+    "text search": "POST /v1/search (JSON text)",
+    "product page": "GET /v1/products/{sku}/similar",
+    "recommendations": "GET /v1/customers/{id}/recommendations",
+}
+
+
+def simulated_customers(catalog: str, fit: bool, say: Callable[[str], None]) -> list[str]:
+    """The demo's simulated customers (a recommender is fitted first when missing)."""
+    from shoplens.catalog.store import Catalog
+    from shoplens.personalize.events import EventStore
+    from shoplens.personalize.service import recs_root
+
+    with Catalog.open(catalog) as cat:
+        if not (recs_root(cat) / "current").exists():
+            if not fit:
+                say("no recommender fitted: recommendations are left out (see --fit-recs)")
+                return []
+            from shoplens.demo import DEMO_CUSTOMERS, demo_recommendations
+
+            say("no recommender yet: simulating customers and fitting one as the demo does")
+            demo_recommendations(cat, DEMO_CUSTOMERS, say)
+        with EventStore.open(cat) as store:
+            return store.customer_ids(limit=500, simulated=True)
+
+
+# ---- in-process search overhead ----
+def search_overhead(catalog: str, iterations: int, seed: int = 0) -> Row:
+    """p50 of ``SearchEngine`` searches vs raw FAISS on the same index and vectors.
+
+    Each iteration times, in rotating order: raw FAISS on a product's stored vector and
+    ``engine.search(sku=...)`` for that product; raw FAISS on an encoded query image's
+    vector and ``engine.search_vector`` on it (the image search without its encode); and
+    ``engine.search(image=...)`` (with the encode, for reference). k = 10 throughout.
+    """
+    import faiss
+
+    from shoplens.search.engine import SearchEngine
+
+    engine = SearchEngine.open(catalog)
+    index = engine.image_build.index
+    raw = getattr(index, "_index", None)
+    if raw is None:
+        raise SystemExit("the image index is not a FAISS index: nothing to compare with")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(engine.image_build.ids, size=200, replace=False)
+    by_id = engine.catalog.get_by_ids([int(i) for i in pick])
+    skus = [by_id[int(i)].sku for i in pick]
+    sku_q = [engine.product_vector(int(i)) for i in pick]  # (1, D) each
+    images = [engine.catalog.load_image(by_id[int(i)]) for i in pick[:100]]
+    img_q = [engine.encoder.encode_images([im]) for im in images]  # (1, D) each
+    k = 10
+    calls: dict[str, Callable[[int], Any]] = {
+        "raw FAISS, product vector": lambda i: raw.search(sku_q[i % 200], k),
+        "engine.search(sku=...)": lambda i: engine.search(sku=skus[i % 200], k=k),
+        "raw FAISS, query-image vector": lambda i: raw.search(img_q[i % 100], k),
+        "engine.search_vector(query-image vector)": lambda i: engine.search_vector(
+            img_q[i % 100], k=k
+        ),
+        "engine.search(image=...), with encode": lambda i: engine.search(
+            image=images[i % 100], k=k
+        ),
+    }
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:  # warm-up
+        for i in range(20):
+            calls[n](i)
+    for it in range(iterations):
+        shift = it % len(names)
+        for n in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            calls[n](it)
+            times[n].append(time.perf_counter() - t0)
+    rows = {n: summarize(v) for n, v in times.items()}
+    return {
+        "rows": rows,
+        "vectors": int(index.ntotal),
+        "factory": engine.image_build.meta.get("factory"),
+        "encoder": engine.image_build.encoder,
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "iterations": iterations,
+        "ratio_sku": rows["engine.search(sku=...)"]["p50_ms"]
+        / rows["raw FAISS, product vector"]["p50_ms"],
+        "ratio_vector": rows["engine.search_vector(query-image vector)"]["p50_ms"]
+        / rows["raw FAISS, query-image vector"]["p50_ms"],
+    }
+
+
+def thread_check(catalog: str, blocks: int = 8, per_block: int = 30) -> Row:
+    """Single-call latency with 1 thread vs one per core (torch and FAISS), in blocks.
+
+    Blocks alternate between the settings; every call in the service is one request's
+    encode or search, so this is what a request pays for the library's thread pool.
+    """
+    import faiss
+    import torch
+
+    from shoplens.search.engine import SearchEngine
+
+    engine = SearchEngine.open(catalog)
+    raw = engine.image_build.index._index  # type: ignore[attr-defined]
+    products = list(
+        engine.catalog.get_by_ids([int(i) for i in engine.image_build.ids[:8]]).values()
+    )
+    images = [engine.catalog.load_image(p) for p in products]
+    q = engine.encoder.encode_images(images[:1])  # (1, D)
+    many = max(2, os.cpu_count() or 2)
+    calls: dict[str, Callable[[], Any]] = {
+        "encode 1 image": lambda: engine.encoder.encode_images(images[:1]),
+        "encode 8 images": lambda: engine.encoder.encode_images(images),
+        "FAISS search, 1 query": lambda: raw.search(q, 100),
+    }
+    times: dict[tuple[str, int], list[float]] = {}
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    try:
+        for b in range(blocks):
+            threads = 1 if b % 2 == 0 else many
+            torch.set_num_threads(threads)
+            faiss.omp_set_num_threads(threads)
+            for name, f in calls.items():
+                for _ in range(3):
+                    f()
+                for _ in range(per_block):
+                    t0 = time.perf_counter()
+                    f()
+                    times.setdefault((name, threads), []).append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+    return {
+        "threads": [1, many],
+        "rows": {name: {str(t): summarize(times[(name, t)]) for t in (1, many)} for name in calls},
+    }
+
+
+# ---- the measurements ----
+def service_env(s: argparse.Namespace, batching: bool) -> dict[str, str]:
+    env = {
+        "SHOPLENS_BATCHING": "true" if batching else "false",
+        "SHOPLENS_BATCH_MAX_SIZE": str(s.max_batch),
+        "SHOPLENS_BATCH_MAX_WAIT_MS": str(s.max_wait_ms),
+    }
+    env["SHOPLENS_TORCH_THREADS"] = str(s.torch_threads)
+    env["SHOPLENS_FAISS_THREADS"] = str(s.faiss_threads)
+    return env
+
+
+def compare_configs(
+    bases: dict[str, str], make: Make, concurrency: int, n: int, rounds: int, warmup: int
+) -> Row:
+    """Interleaved rounds over services that differ in one setting; the first is the
+    baseline. Each round runs every service once (the order rotates between rounds);
+    a config's speedup is the median over rounds of its throughput / the baseline's."""
+    names = list(bases)
+    runs: dict[str, list[Row]] = {k: [] for k in names}
+    sizes_before = {k: batch_sizes(u) for k, u in bases.items()}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            runs[name].append(run_load(bases[name], make, concurrency, n, warmup))
+    base = names[0]
+    out: Row = {"concurrency": concurrency, "rounds": rounds, "requests_per_round": n}
+    configs: dict[str, Row] = {}
+    for name in names:
+        pooled = summarize([x for run in runs[name] for x in run["samples_s"]])
+        ratios = [
+            a["throughput_rps"] / b["throughput_rps"]
+            for a, b in zip(runs[name], runs[base], strict=True)
+        ]
+        configs[name] = {
+            **pooled,
+            "throughput_rps": [x["throughput_rps"] for x in runs[name]],
+            "errors": sum(x["errors"] for x in runs[name]),
+            "speedup_paired_median": statistics.median(ratios),
+            "speedup_each": ratios,
+            "mean_batch": _mean_batch(sizes_before[name], batch_sizes(bases[name])),
+        }
+    for name in names:
+        configs[name]["p99_ratio"] = configs[name]["p99_ms"] / configs[base]["p99_ms"]
+    out["baseline"] = base
+    out["configs"] = configs
+    return out
+
+
+def _mean_batch(before: Row, after: Row) -> dict[str, float]:
+    """Mean queries per forward pass between two /metrics readings, per kind."""
+    out = {}
+    for kind, x in after.items():
+        b = before.get(kind, {"passes": 0, "mean_batch": 0.0})
+        passes = x["passes"] - b["passes"]
+        if passes > 0:
+            out[kind] = (x["mean_batch"] * x["passes"] - b["mean_batch"] * b["passes"]) / passes
+    return out
+
+
+def batch_sizes(base: str) -> Row:
+    """Mean query batch size per kind from the service's /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    out: Row = {}
+    for kind in ("image", "text"):
+        total = count = 0.0
+        for line in text.splitlines():
+            if line.startswith(f'shoplens_encode_batch_size_sum{{kind="{kind}"}}'):
+                total = float(line.split()[-1])
+            if line.startswith(f'shoplens_encode_batch_size_count{{kind="{kind}"}}'):
+                count = float(line.split()[-1])
+        if count:
+            out[kind] = {"passes": int(count), "mean_batch": total / count}
+    return out
+
+
+def main(argv: list[str] | None = None) -> Row:
+    s = parse_args(argv)
+    say = print
+    if s.render_only:  # re-render the section from saved raw numbers
+        import json
+
+        result = json.loads((s.docs / "bench" / "http.json").read_text())
+        section = render(result)
+        say(section)
+        if not s.no_write:
+            common.write_section(s.docs / "BENCHMARKS.md", section)
+        return dict(result)
+    load = [common.load_average()]
+    customers = simulated_customers(s.catalog, s.fit_recs, say)
+    say(f"in-process search overhead ({s.iterations} iterations) ...")
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(s.faiss_threads)  # in process as in the service
+    torch.set_num_threads(s.torch_threads)
+    overhead = search_overhead(s.catalog, s.iterations)
+    say(
+        f"  sku search {overhead['ratio_sku']:.2f}x raw FAISS, "
+        f"vector search {overhead['ratio_vector']:.2f}x"
+    )
+    say("threads per call: 1 vs one per core ...")
+    threads = thread_check(s.catalog)
+    load.append(common.load_average())
+    makers = workloads(s.catalog, customers)
+    levels: dict[str, list[Row]] = {}
+    say("starting the services (batching on, off, and on with other max waits) ...")
+    envs = {"batching off": service_env(s, False), "batching on": service_env(s, True)}
+    for wait in s.tune_wait:
+        envs[f"on, max wait {wait:g} ms"] = {
+            **service_env(s, True),
+            "SHOPLENS_BATCH_MAX_WAIT_MS": str(wait),
+        }
+    for n_threads in s.tune_torch_threads:
+        envs[f"on, torch threads {n_threads}"] = {
+            **service_env(s, True),
+            "SHOPLENS_TORCH_THREADS": str(n_threads),
+        }
+    with contextlib.ExitStack() as stack:
+        bases = {k: stack.enter_context(service(s.catalog, env)) for k, env in envs.items()}
+        on = bases["batching on"]
+        ready = httpx.get(f"{on}/readyz").json()
+        for route, make in makers.items():
+            n = s.requests // 2 if route == "text search" else s.requests
+            levels[route] = []
+            for c in s.levels:
+                row = run_load(on, make, c, n, s.warmup)
+                levels[route].append(row)
+                say(
+                    f"  {route:<16} c={c:<3} {row['throughput_rps']:7.1f} req/s  "
+                    f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                    f"errors {row['errors']}"
+                )
+            load.append(common.load_average())
+        sizes_main = batch_sizes(on)
+        batching: dict[str, Row] = {}
+        for route, n, rounds in (
+            ("image search", s.requests, s.rounds),
+            ("text search", s.requests // 2, max(2, s.rounds // 2)),
+        ):
+            say(f"batching on vs off: {route}, concurrency 8, {rounds} rounds ...")
+            batching[route] = compare_configs(bases, makers[route], 8, n, rounds, s.warmup)
+            for name, x in batching[route]["configs"].items():
+                say(
+                    f"  {name:<24} {x['speedup_paired_median']:.2f}x throughput, "
+                    f"p99 {x['p99_ratio']:.2f}x, mean batch {x['mean_batch']}"
+                )
+            load.append(common.load_average())
+    for rows in levels.values():
+        for row in rows:
+            row.pop("samples_s", None)
+    result = {
+        "machine": common.machine(),
+        "load_average": load,
+        "catalog": s.catalog,
+        "served": {k: ready.get(k) for k in ("encoder", "vectors", "model")},
+        "settings": {
+            "max_batch": s.max_batch,
+            "max_wait_ms": s.max_wait_ms,
+            "tune_wait_ms": s.tune_wait,
+            "tune_torch_threads": s.tune_torch_threads,
+            "torch_threads": s.torch_threads,
+            "faiss_threads": s.faiss_threads,
+            "requests": s.requests,
+            "warmup": s.warmup,
+        },
+        "simulated_customers": len(customers),
+        "levels": levels,
+        "batch_sizes_main": sizes_main,
+        "batching": batching,
+        "overhead": overhead,
+        "threads": threads,
+        "versions": versions(),
+    }
+    if not s.no_write:  # the raw numbers first: they survive a failure to render
+        common.write_json(s.docs / "bench" / "http.json", result)
+    section = render(result)
+    say("\n" + section)
+    if not s.no_write:
+        common.write_section(s.docs / "BENCHMARKS.md", section)
+        say(f"wrote {s.docs / 'BENCHMARKS.md'} and {s.docs / 'bench' / 'http.json'}")
+    return result
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "faiss-cpu", "fastapi", "uvicorn", "httpx"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+# ---- the report ----
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def render(r: Row) -> str:
+    m = r["machine"]
+    st = r["settings"]
+    load = max(r["load_average"])
+    v = r["versions"]
+    vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "faiss-cpu", "uvicorn", "httpx") if k in v)
+    threads = f"torch threads {st['torch_threads']}, FAISS threads {st['faiss_threads']}"
+    where = f"{m['cpu']}, {m['nproc']} cores, commit {m['commit']}"
+    served = r["served"]
+    lines = [
+        HEADING,
+        "",
+        common.measured_line("bench_http.py", threads, vers, load, m),
+        "",
+        "The service (`create_app` under uvicorn as `shoplens serve` runs it, one process) "
+        f"serves catalogue `{r['catalog']}` ({served['vectors']:,} products, image index "
+        f"{r['overhead']['factory']}, encoder `{_short(served['encoder'])}`). The load "
+        "generator runs in another process on the same machine over loopback: "
+        "`httpx.AsyncClient` with C workers, each sending one request at a time (closed "
+        f"loop), {st['requests']} requests per level (text search: half) after "
+        f"{st['warmup']} warm-up requests. Micro-batching is on (max batch "
+        f"{st['max_batch']}, max wait {st['max_wait_ms']:g} ms) unless said otherwise. "
+        f"Load average while measuring: {', '.join(f'{x:.1f}' for x in r['load_average'])} "
+        f"(max {load:.1f}) on {m['nproc']} cores: other jobs shared the CPU, so absolute "
+        "figures are pessimistic and vary between runs; the comparisons are interleaved.",
+        "",
+        "### Latency by route and concurrency",
+        "",
+        f"Machine: {where}. Baseline: the same route at concurrency 1 (last column: "
+        "throughput relative to it).",
+    ]
+    if "recommendations" in r["levels"]:
+        lines.append(
+            f"Recommendations are for {r['simulated_customers']} SIMULATED customers "
+            "(the demo's simulator; no real shoppers)."
+        )
+    lines += [
+        "",
+        "| route | concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms | "
+        "max ms | in app p50 / p99 ms | req/s vs c=1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for route, rows in r["levels"].items():
+        base = rows[0]["throughput_rps"]
+        for row in rows:
+            app = row.get("in_app")
+            in_app = f"{app['p50_ms']:.1f} / {app['p99_ms']:.1f}" if app else "-"
+            lines.append(
+                f"| {ROUTES[route]} | {row['concurrency']} | {row['requests']} | "
+                f"{row['errors']} | {row['throughput_rps']:.1f} | {row['p50_ms']:.1f} | "
+                f"{row['p90_ms']:.1f} | {row['p99_ms']:.1f} | {row['max_ms']:.1f} | "
+                f"{in_app} | {row['throughput_rps'] / base:.2f}x |"
+            )
+    lines += [
+        "",
+        "Latency is what the load generator saw (send to last byte). *In app* is the "
+        "service's own time per request (its `Server-Timing` header: from the request "
+        "reaching the app to the response leaving it); the rest is HTTP handling, queueing "
+        "in the event loop and the load generator, which share the same cores.",
+    ]
+    mb = r["batch_sizes_main"]
+    if mb:
+        lines += [
+            "",
+            "Mean encoder batch over these runs: "
+            + ", ".join(
+                f"{k} {x['mean_batch']:.1f} queries per forward pass ({x['passes']} passes)"
+                for k, x in mb.items()
+            )
+            + ".",
+        ]
+    # batching
+    lines += [
+        "",
+        "### Micro-batching on vs off",
+        "",
+        f"Machine: {where}. Baseline: the same service with `SHOPLENS_BATCHING=false`. "
+        "Each configuration is its own service process (same build and settings but the "
+        "one named); every round runs each of them once at concurrency 8, the order "
+        "rotating between rounds. Latencies pooled over the rounds; speedup = median over "
+        "rounds of throughput / the baseline's throughput in the same round.",
+        "",
+        "| route | configuration | rounds x requests | errors | req/s (each round) | "
+        "p50 ms | p99 ms | mean batch | speedup | p99 vs off |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for route, b in r["batching"].items():
+        kind = "image" if route == "image search" else "text"
+        for name, x in b["configs"].items():
+            mean_batch = x["mean_batch"].get(kind)
+            batch = f"{mean_batch:.1f}" if mean_batch else "1"
+            lines.append(
+                f"| {ROUTES[route]} | {name} | {b['rounds']} x {b['requests_per_round']} | "
+                f"{x['errors']} | {', '.join(f'{t:.1f}' for t in x['throughput_rps'])} | "
+                f"{x['p50_ms']:.1f} | {x['p99_ms']:.1f} | "
+                f"{batch} | "
+                f"{x['speedup_paired_median']:.2f}x | {x['p99_ratio']:.2f}x |"
+            )
+    img = r["batching"]["image search"]["configs"]["batching on"]
+    txt = r["batching"]["text search"]["configs"]["batching on"]
+    best = max(
+        r["batching"]["image search"]["configs"].items(),
+        key=lambda kv: kv[1]["speedup_paired_median"],
+    )
+    lines += [
+        "",
+        f"Target (concurrency 8): >= {TARGET_BATCH_SPEEDUP}x throughput with batching, p99 "
+        f"no worse than {TARGET_BATCH_P99:g}x. Image search (default settings): "
+        f"**{img['speedup_paired_median']:.2f}x** "
+        f"{_met(img['speedup_paired_median'] >= TARGET_BATCH_SPEEDUP)}, p99 "
+        f"{img['p99_ratio']:.2f}x {_met(img['p99_ratio'] <= TARGET_BATCH_P99)}; best "
+        f"configuration tried: {best[0]} ({best[1]['speedup_paired_median']:.2f}x). "
+        f"Text search: **{txt['speedup_paired_median']:.2f}x** "
+        f"{_met(txt['speedup_paired_median'] >= TARGET_BATCH_SPEEDUP)}, p99 "
+        f"{txt['p99_ratio']:.2f}x {_met(txt['p99_ratio'] <= TARGET_BATCH_P99)}.",
+    ]
+    # overhead
+    o = r["overhead"]
+    lines += [
+        "",
+        "### Search path overhead (in process)",
+        "",
+        f"Machine: {where}. Baseline: raw FAISS `index.search(q, 10)` on the served index "
+        f"({o['vectors']:,} vectors, {o['factory']}, FAISS threads {o['faiss_threads']}) "
+        "with the same query vectors. shoplens asks FAISS for 100 candidates (room for "
+        "filters, dedupe and leaving out the product itself) and reads the products of "
+        f"the top ones from SQLite. {o['iterations']} interleaved iterations after a "
+        "warm-up, the timed calls rotating within each.",
+        "",
+        "| call | p50 ms | p90 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in o["rows"].items():
+        lines.append(
+            f"| {name} | {row['p50_ms']:.3f} | {row['p90_ms']:.3f} | {row['p99_ms']:.3f} |"
+        )
+    worst = max(o["ratio_sku"], o["ratio_vector"])
+    lines += [
+        "",
+        f"Search by sku: **{o['ratio_sku']:.2f}x** raw FAISS p50; search by an image's "
+        f"embedding: **{o['ratio_vector']:.2f}x**. Target <= {TARGET_OVERHEAD}x "
+        f"{_met(worst <= TARGET_OVERHEAD)}.",
+    ]
+    # recs vs product page
+    if "recommendations" in r["levels"]:
+        lines += [
+            "",
+            "### Recommendations vs product page",
+            "",
+            f"Machine: {where}. Baseline: the product page's similar products "
+            "(`/v1/products/{sku}/similar`) p99 at the same concurrency, from the first "
+            "table. Recommendations for SIMULATED customers.",
+            "",
+            "| concurrency | product page p99 ms | recommendations p99 ms | ratio | target <= 3x |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        for page, rec in zip(
+            r["levels"]["product page"], r["levels"]["recommendations"], strict=True
+        ):
+            ratio = rec["p99_ms"] / page["p99_ms"]
+            lines.append(
+                f"| {page['concurrency']} | {page['p99_ms']:.1f} | {rec['p99_ms']:.1f} | "
+                f"{ratio:.2f}x | {_met(ratio <= TARGET_RECS)} |"
+            )
+    t = r["threads"]
+    one, many = t["threads"]
+    lines += [
+        "",
+        "### Threads per call",
+        "",
+        f"Machine: {where}. Baseline: 1 thread. One call of each kind in process, in "
+        f"blocks alternating between 1 thread and {many} (one per core) for torch and "
+        "FAISS: the latency of a lone call. The service runs each request's encode and "
+        "search on one thread (`SHOPLENS_TORCH_THREADS`, `SHOPLENS_FAISS_THREADS`, "
+        "default 1) because requests run concurrently anyway: the batching table above "
+        "compares torch threads under load; on a busy machine a thread pool also waits "
+        "for cores that other processes hold.",
+        "",
+        f"| call | p50 ms, {one} thread | p50 ms, {many} threads | p90 ms, {one} thread | "
+        f"p90 ms, {many} threads |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in t["rows"].items():
+        a, b = row[str(one)], row[str(many)]
+        lines.append(
+            f"| {name} | {a['p50_ms']:.2f} | {b['p50_ms']:.2f} | {a['p90_ms']:.2f} | "
+            f"{b['p90_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "Raw numbers (percentiles and latency histograms per run): `docs/bench/http.json`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _short(spec: str | None) -> str:
+    if spec and spec.startswith("trained:") and len(spec) > 60:
+        return "trained:…/" + "/".join(spec.rstrip("/").split("/")[-3:])
+    return str(spec)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--catalog", default="fashion-mnist", help="catalogue in $SHOPLENS_HOME")
+    p.add_argument("--requests", type=int, default=400, help="requests per level")
+    p.add_argument("--warmup", type=int, default=40, help="warm-up requests before each level")
+    p.add_argument("--levels", default="1,8,32", help="concurrency levels, comma-separated")
+    p.add_argument("--rounds", type=int, default=6, help="batching on/off rounds (each)")
+    p.add_argument("--iterations", type=int, default=1500, help="in-process search iterations")
+    p.add_argument("--max-batch", type=int, default=32, help="SHOPLENS_BATCH_MAX_SIZE")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="SHOPLENS_BATCH_MAX_WAIT_MS")
+    p.add_argument(
+        "--tune-wait",
+        default="10",
+        help="other max waits (ms, comma-separated) compared with batching off",
+    )
+    p.add_argument(
+        "--tune-torch-threads",
+        default="2",
+        help="other torch thread counts (comma-separated) compared with batching off",
+    )
+    p.add_argument("--torch-threads", type=int, default=1, help="SHOPLENS_TORCH_THREADS")
+    p.add_argument("--faiss-threads", type=int, default=1, help="SHOPLENS_FAISS_THREADS")
+    p.add_argument(
+        "--fit-recs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the demo's recommender (simulated customers) when the catalogue has none",
+    )
+    p.add_argument("--quick", action="store_true", help="few requests: a smoke test")
+    p.add_argument(
+        "--render-only", action="store_true", help="rewrite the section from docs/bench/http.json"
+    )
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--docs", type=Path, default=common.DOCS, help="where the results go")
+    s = p.parse_args(argv)
+    s.levels = [int(x) for x in str(s.levels).split(",") if x]
+    s.tune_wait = [float(x) for x in str(s.tune_wait).split(",") if x]
+    s.tune_torch_threads = [int(x) for x in str(s.tune_torch_threads).split(",") if x]
+    if s.quick:
+        s.requests, s.warmup, s.rounds, s.iterations = 80, 10, 2, 200
+    return s
+
+
+if __name__ == "__main__":
+    main()

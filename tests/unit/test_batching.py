@@ -1,0 +1,248 @@
+"""Micro-batching: every caller gets its own answer, batches form, errors stay isolated."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shoplens.errors import InvalidInputError
+from shoplens.registry import create_encoder
+from shoplens.serve.batching import BatchingEncoder, MicroBatcher
+
+
+def recording(
+    fn: Callable[[list[int]], list[int]], delay: float = 0.0
+) -> tuple[Callable[[list[int]], list[int]], list[list[int]]]:
+    """``fn`` that records each batch it is called with (and sleeps ``delay``)."""
+    calls: list[list[int]] = []
+
+    def run(xs: list[int]) -> list[int]:
+        calls.append(list(xs))
+        if delay:
+            time.sleep(delay)
+        return fn(xs)
+
+    return run, calls
+
+
+def hammer(batcher: MicroBatcher[int, Any], threads: int, per_thread: int) -> dict[int, Any]:
+    """``threads`` threads each submit their own distinct inputs, one at a time."""
+    start = threading.Barrier(threads)
+
+    def worker(t: int) -> dict[int, Any]:
+        start.wait()
+        out = {}
+        for j in range(per_thread):
+            x = t * 1000 + j
+            out[x] = batcher.submit(x).result(timeout=10)
+        return out
+
+    with ThreadPoolExecutor(threads) as pool:
+        results: dict[int, Any] = {}
+        for part in pool.map(worker, range(threads)):
+            results.update(part)
+    return results
+
+
+def test_every_caller_gets_its_own_answer_and_batches_form() -> None:
+    fn, calls = recording(lambda xs: [x * 2 for x in xs], delay=0.002)
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=8, max_wait_ms=5)
+    try:
+        results = hammer(b, threads=12, per_thread=20)
+    finally:
+        b.close()
+    assert results == {x: 2 * x for x in results} and len(results) == 240
+    assert sum(len(c) for c in calls) == 240  # each item ran exactly once
+    assert max(len(c) for c in calls) > 1, "no batch of more than one item formed"
+    assert max(len(c) for c in calls) <= 8  # max_batch respected
+    assert len(calls) < 240
+
+
+def test_numpy_results_are_split_by_row() -> None:
+    b: MicroBatcher[int, np.ndarray] = MicroBatcher(
+        lambda xs: np.array([[x, -x] for x in xs], dtype=np.float32), max_batch=4, max_wait_ms=2
+    )
+    try:
+        results = hammer(b, threads=6, per_thread=5)
+    finally:
+        b.close()
+    for x, row in results.items():
+        assert row.tolist() == [x, -x]
+
+
+def test_max_batch_bounds_every_call() -> None:
+    fn, calls = recording(lambda xs: xs, delay=0.01)
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=3, max_wait_ms=50)
+    futures = [b.submit(i) for i in range(10)]
+    assert [f.result(timeout=10) for f in futures] == list(range(10))
+    b.close()
+    assert all(len(c) <= 3 for c in calls) and sum(map(len, calls)) == 10
+    assert [x for c in calls for x in c] == list(range(10))  # first in, first out
+
+
+def test_max_wait_bounds_the_latency_of_a_lone_request() -> None:
+    b: MicroBatcher[int, int] = MicroBatcher(lambda xs: xs, max_batch=64, max_wait_ms=30)
+    try:
+        waits = []
+        for i in range(5):
+            t0 = time.perf_counter()
+            assert b.submit(i).result(timeout=5) == i
+            waits.append(time.perf_counter() - t0)
+    finally:
+        b.close()
+    # a lone item waits for company about max_wait (not forever, not max_batch items)
+    assert min(waits) > 0.02 and max(waits) < 1.0, waits
+
+
+def test_zero_wait_runs_at_once() -> None:
+    b: MicroBatcher[int, int] = MicroBatcher(lambda xs: xs, max_batch=64, max_wait_ms=0)
+    try:
+        t0 = time.perf_counter()
+        assert [b.submit(i).result(timeout=5) for i in range(20)] == list(range(20))
+        assert time.perf_counter() - t0 < 1.0
+    finally:
+        b.close()
+
+
+def test_one_bad_item_fails_only_its_own_request() -> None:
+    def fn(xs: list[int]) -> list[int]:
+        if 13 in xs:
+            raise ValueError("unlucky 13")
+        time.sleep(0.002)
+        return [x + 1 for x in xs]
+
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=16, max_wait_ms=20)
+    futures = {x: b.submit(x) for x in range(10, 20)}  # all queued together: one batch
+    b.close()
+    for x, f in futures.items():
+        if x == 13:
+            with pytest.raises(ValueError, match="unlucky"):
+                f.result(timeout=5)
+        else:
+            assert f.result(timeout=5) == x + 1
+
+
+def test_wrong_number_of_results_is_an_error_for_the_caller() -> None:
+    b: MicroBatcher[int, int] = MicroBatcher(lambda xs: [], max_batch=4, max_wait_ms=1)
+    with pytest.raises(RuntimeError, match="0 results for 1"):
+        b.submit(1).result(timeout=5)
+    b.close()
+
+
+def test_close_drains_pending_then_refuses() -> None:
+    fn, _ = recording(lambda xs: [x * 3 for x in xs], delay=0.02)
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=2, max_wait_ms=100)
+    futures = [b.submit(i) for i in range(7)]
+    b.close()  # returns once everything queued has run
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [i * 3 for i in range(7)]
+    with pytest.raises(RuntimeError, match="closed"):
+        b.submit(1)
+    b.close()  # twice is fine
+
+
+def test_on_batch_reports_sizes_and_a_failing_callback_is_harmless() -> None:
+    seen: list[tuple[int, float]] = []
+
+    def on_batch(size: int, seconds: float) -> None:
+        seen.append((size, seconds))
+        raise RuntimeError("metrics broke")
+
+    b: MicroBatcher[int, int] = MicroBatcher(
+        lambda xs: xs, max_batch=8, max_wait_ms=20, on_batch=on_batch
+    )
+    futures = [b.submit(i) for i in range(5)]
+    assert [f.result(timeout=5) for f in futures] == list(range(5))
+    b.close()
+    assert sum(s for s, _ in seen) == 5 and all(t >= 0 for _, t in seen)
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(InvalidInputError):
+        MicroBatcher(lambda xs: xs, max_batch=0)
+    with pytest.raises(InvalidInputError):
+        MicroBatcher(lambda xs: xs, max_wait_ms=-1)
+
+
+# ---- BatchingEncoder ------------------------------------------------------------------------
+
+
+def test_batching_encoder_matches_the_encoder(product_image: Any) -> None:
+    raw = create_encoder("test-tiny")
+    sizes: list[tuple[str, int]] = []
+    enc = BatchingEncoder(
+        raw, max_batch=8, max_wait_ms=20, on_encode=lambda k, n, s: sizes.append((k, n))
+    )
+    assert enc.name == raw.name and enc.dim == raw.dim and enc.modalities == raw.modalities
+    images = [product_image("Red circle", i) for i in range(6)]
+    expected = raw.encode_images(images)
+    with ThreadPoolExecutor(6) as pool:
+        rows = list(pool.map(lambda im: enc.encode_images([im]), images))
+    for got, want in zip(rows, expected, strict=True):
+        assert got.shape == (1, raw.dim) and got.dtype == np.float32
+        np.testing.assert_allclose(got[0], want, atol=1e-5)
+    # a multi-image call, and a call larger than max_batch (goes straight through)
+    np.testing.assert_allclose(enc.encode_images(images[:3]), expected[:3], atol=1e-5)
+    many = images * 2
+    np.testing.assert_allclose(enc.encode_images(many), raw.encode_images(many), atol=1e-5)
+    assert enc.encode_images([]).shape == (0, raw.dim)
+    assert {k for k, _ in sizes} == {"image"} and max(n for _, n in sizes) > 1
+    # a modality the encoder lacks keeps the encoder's own error
+    with pytest.raises(InvalidInputError, match="does not encode text"):
+        enc.encode_texts(["red"])
+    enc.close()
+    np.testing.assert_allclose(enc.encode_images(images[:1]), expected[:1], atol=1e-5)
+
+
+def test_batching_encoder_texts_and_passthrough() -> None:
+    raw = create_encoder("test-tiny-text")
+    enc = BatchingEncoder(raw, max_batch=4, max_wait_ms=10)
+    texts = [f"product {i}" for i in range(10)]
+    with ThreadPoolExecutor(5) as pool:
+        rows = list(pool.map(lambda t: enc.encode_texts([t]), texts))
+    np.testing.assert_allclose(np.vstack(rows), raw.encode_texts(texts), atol=1e-5)
+    assert enc.shared_space == raw.shared_space
+    assert getattr(enc, "can_compose", False) is False  # read from the wrapped encoder
+    with pytest.raises(AttributeError):
+        _ = enc.no_such_attribute
+    enc.close()
+
+
+def test_batching_off_calls_straight_through() -> None:
+    raw = create_encoder("test-tiny-text")
+    sizes: list[int] = []
+    enc = BatchingEncoder(raw, enabled=False, on_encode=lambda k, n, s: sizes.append(n))
+    assert not enc.batching
+    np.testing.assert_allclose(enc.encode_texts(["a", "b"]), raw.encode_texts(["a", "b"]))
+    assert sizes == [2]
+
+
+def test_call_runs_a_lone_item_at_once_and_batches_concurrent_ones() -> None:
+    fn, calls = recording(lambda xs: [x * 2 for x in xs], delay=0.005)
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=16, max_wait_ms=200)
+    try:
+        t0 = time.perf_counter()
+        assert [b.call(i) for i in range(5)] == [0, 2, 4, 6, 8]
+        assert time.perf_counter() - t0 < 0.5  # no 200 ms wait for company when alone
+        assert calls == [[0], [1], [2], [3], [4]]
+        calls.clear()
+        start = threading.Barrier(10)
+
+        def worker(t: int) -> list[int]:
+            start.wait()
+            return [b.call(t * 100 + j) for j in range(10)]
+
+        with ThreadPoolExecutor(10) as pool:
+            results = [x for part in pool.map(worker, range(10)) for x in part]
+        assert results == [2 * (t * 100 + j) for t in range(10) for j in range(10)]
+        assert sum(map(len, calls)) == 100 and max(map(len, calls)) > 1
+    finally:
+        b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        b.call(1)
