@@ -963,7 +963,7 @@ def training_section(inp: Inputs) -> Section:
 
 
 RECALL_RE = re.compile(r"recall(@\d+|_?at_?\d+|\d+)?", re.I)
-QPS_RE = re.compile(r"qps|queries_per_s(ec(ond)?)?", re.I)
+QPS_RE = re.compile(r"qps(_single)?|queries_per_s(ec(ond)?)?", re.I)  # bench_ann: qps_single
 PCT_RE = re.compile(r"(latency_)?p\d+(\.\d+)?(_?ms|_?s)?", re.I)
 NAME_KEYS = ("endpoint", "route", "index", "factory", "name", "method", "backend", "config")
 
