@@ -707,7 +707,16 @@ def _missing_columns(columns: Iterable[str], path: Path) -> None:
         )
 
 
-def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
+def csv_records(
+    path: Path, required: Sequence[str], what: str
+) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """(line, row) per record of a CSV with a header; row is an error message when the
+    record has the wrong number of fields. Raises for a missing file or missing columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"{what} not found: {str(path)!r}")
+    if csv.field_size_limit() < 2**31 - 1:
+        csv.field_size_limit(2**31 - 1)
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         columns: list[str] | None = None
@@ -719,28 +728,38 @@ def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
                     continue
                 if columns is None:
                     columns = [c.strip().lower() for c in record]
-                    _missing_columns(columns, path)
+                    missing = [c for c in required if c not in columns]
+                    if missing:
+                        raise InvalidInputError(
+                            f"{what} {str(path)!r} is missing column(s) {', '.join(missing)} "
+                            f"(found: {', '.join(c for c in columns if c) or 'none'})"
+                        )
                     continue
                 if len(record) != len(columns):
-                    yield {
-                        ERROR_KEY: f"line {start}: expected {len(columns)} fields, "
-                        f"found {len(record)}",
-                        LINE_KEY: start,
-                    }
+                    yield (
+                        start,
+                        (f"line {start}: expected {len(columns)} fields, found {len(record)}"),
+                    )
                     continue
-                row: dict[str, Any] = dict(zip(columns, record, strict=True))
-                row[LINE_KEY] = start
-                yield row
+                yield start, dict(zip(columns, record, strict=True))
         except csv.Error as exc:
             raise InvalidInputError(
                 f"malformed CSV in {str(path)!r} in the record starting on line {prev + 1}: {exc}"
             ) from None
         except UnicodeDecodeError:
             raise InvalidInputError(
-                f"events file {str(path)!r} is not UTF-8 text (after line {prev})"
+                f"{what} {str(path)!r} is not UTF-8 text (after line {prev})"
             ) from None
-        if columns is None:
-            raise InvalidInputError(f"events file {str(path)!r} is empty (no header line)")
+    if columns is None:
+        raise InvalidInputError(f"{what} {str(path)!r} is empty (no header line)")
+
+
+def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
+    for line, row in csv_records(path, REQUIRED_FIELDS, "events file"):
+        if isinstance(row, str):  # a record with the wrong number of fields
+            yield {ERROR_KEY: row, LINE_KEY: line}
+        else:
+            yield {**row, LINE_KEY: line}
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

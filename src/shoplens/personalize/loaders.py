@@ -21,14 +21,14 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from shoplens.config import atomic_write
-from shoplens.errors import InvalidInputError, NotFoundError
-from shoplens.personalize.events import ERROR_KEY, LINE_KEY
+from shoplens.errors import InvalidInputError
+from shoplens.personalize.events import ERROR_KEY, LINE_KEY, csv_records
 
 HM_TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id")
 HM_OPTIONAL_COLUMNS = ("price", "sales_channel_id")
@@ -56,53 +56,6 @@ __all__ = [
 
 
 # ---- shared --------------------------------------------------------------------------
-
-
-def _rows(
-    path: Path, required: Sequence[str], what: str
-) -> Iterator[tuple[int, dict[str, str] | str]]:
-    """(line, row) per record of a CSV with a header; row is an error message when the
-    record has the wrong number of fields. Raises for a missing file or missing columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"{what} not found: {str(path)!r}")
-    if csv.field_size_limit() < 2**31 - 1:
-        csv.field_size_limit(2**31 - 1)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
-        columns: list[str] | None = None
-        prev = 0
-        try:
-            for record in reader:
-                start, prev = prev + 1, reader.line_num
-                if not any(cell.strip() for cell in record):
-                    continue
-                if columns is None:
-                    columns = [c.strip().lower() for c in record]
-                    missing = [c for c in required if c not in columns]
-                    if missing:
-                        raise InvalidInputError(
-                            f"{what} {str(path)!r} is missing column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(c for c in columns if c) or 'none'})"
-                        )
-                    continue
-                if len(record) != len(columns):
-                    yield (
-                        start,
-                        (f"line {start}: expected {len(columns)} fields, found {len(record)}"),
-                    )
-                    continue
-                yield start, dict(zip(columns, record, strict=True))
-        except csv.Error as exc:
-            raise InvalidInputError(
-                f"malformed CSV in {str(path)!r} in the record starting on line {prev + 1}: {exc}"
-            ) from None
-        except UnicodeDecodeError:
-            raise InvalidInputError(
-                f"{what} {str(path)!r} is not UTF-8 text (after line {prev})"
-            ) from None
-    if columns is None:
-        raise InvalidInputError(f"{what} {str(path)!r} is empty (no header line)")
 
 
 def _sha1(*fields: str) -> str:
@@ -141,7 +94,7 @@ def hm_events(path: str | Path) -> Iterator[dict[str, Any]]:
     counts: dict[tuple[str, ...], int] = {}
     runs: dict[str, int] = {}  # day -> number of earlier runs of that day
     current: str | None = None
-    for line, row in _rows(Path(path), HM_TRANSACTION_COLUMNS, "H&M transactions file"):
+    for line, row in csv_records(Path(path), HM_TRANSACTION_COLUMNS, "H&M transactions file"):
         if isinstance(row, str):
             yield _error(line, row)
             continue
@@ -201,7 +154,7 @@ def hm_catalog_manifest(root: str | Path, out: str | Path) -> tuple[Path, int, i
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(text)
         writer.writerow(columns)
-        for _, row in _rows(articles, HM_ARTICLE_COLUMNS, "H&M articles file"):
+        for _, row in csv_records(articles, HM_ARTICLE_COLUMNS, "H&M articles file"):
             if isinstance(row, str):
                 skipped += 1
                 continue
@@ -242,7 +195,7 @@ def retailrocket_events(path: str | Path) -> Iterator[dict[str, Any]]:
     customer_id ``"rr-<visitorid>"``, sku ``str(itemid)``, type view / add_to_cart /
     purchase, timestamp ms -> s, event_id ``"rr-"`` + sha1 of the row.
     """
-    for line, row in _rows(Path(path), RR_COLUMNS, "RetailRocket events file"):
+    for line, row in csv_records(Path(path), RR_COLUMNS, "RetailRocket events file"):
         if isinstance(row, str):
             yield _error(line, row)
             continue
