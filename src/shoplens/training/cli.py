@@ -144,20 +144,7 @@ def models_promote(
     from shoplens.training.tracking import MlflowTracker
 
     old, info = MlflowTracker().promote(name, version, alias)
-    payload = {
-        "name": info.name,
-        "alias": alias,
-        "previous_version": old,
-        "version": info.version,
-        "run_id": info.run_id,
-        "encoder_spec": f"trained:{info.source_dir}",
-    }
-    _echo(
-        as_json,
-        payload,
-        f"{info.name}@{alias}: version {old or '(none)'} -> {info.version} "
-        f"(trained:{info.source_dir})",
-    )
+    _echo_move(as_json, alias, old, info, f"version {old or '(none)'}")
 
 
 @models_app.command("rollback")
@@ -175,6 +162,11 @@ def models_rollback(
     from shoplens.training.tracking import MlflowTracker
 
     old, info = MlflowTracker().rollback(name, alias)
+    _echo_move(as_json, alias, old, info, f"rolled back version {old}")
+
+
+def _echo_move(as_json: bool, alias: str, old: str | None, info: Any, was: str) -> None:
+    """Report an alias moved from version ``old`` to ``info.version``."""
     payload = {
         "name": info.name,
         "alias": alias,
@@ -183,12 +175,8 @@ def models_rollback(
         "run_id": info.run_id,
         "encoder_spec": f"trained:{info.source_dir}",
     }
-    _echo(
-        as_json,
-        payload,
-        f"{info.name}@{alias}: rolled back version {old} -> {info.version} "
-        f"(trained:{info.source_dir})",
-    )
+    human = f"{info.name}@{alias}: {was} -> {info.version} (trained:{info.source_dir})"
+    _echo(as_json, payload, human)
 
 
 @models_app.command("alias")
