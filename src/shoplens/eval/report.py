@@ -26,10 +26,7 @@ PUBLISHED_CONTEXT = (
 
 def machine_info() -> dict[str, Any]:
     """Cores, CPU model, GPU (or None), torch and Python versions, git commit (or "unknown")."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 0
+    cores = cpu_cores()
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,17 +44,6 @@ def machine_info() -> dict[str, Any]:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         torch_version = "not installed"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
         "nproc": cores,
         "cpu": cpu,
@@ -65,8 +51,32 @@ def machine_info() -> dict[str, Any]:
         "torch": torch_version,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "commit": commit or "unknown",
+        "commit": git_commit(),
     }
+
+
+def git_commit() -> str:
+    """Short hash of the checkout shoplens runs from, or "unknown" (not a git clone)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 0
 
 
 def _f(x: float | None) -> str:

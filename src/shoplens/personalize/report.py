@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from shoplens.catalog.store import Catalog
 from shoplens.config import atomic_write, config_to_dict, shoplens_home
+from shoplens.eval.report import cpu_cores, git_commit
 from shoplens.eval.results_md import RECS_HEADING as HEADING
 from shoplens.personalize.evaluate import evaluate, ratio_table, temporal_split
 from shoplens.personalize.items import item_space
@@ -111,16 +111,6 @@ def _x(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.2f}x"
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def run_recs_eval(
     catalog: Catalog,
     presets: Sequence[str],
@@ -149,8 +139,8 @@ def run_recs_eval(
         "seed": seed,
         "simulated": True,
         "date": time.strftime("%Y-%m-%d"),
-        "commit": _git_commit(),
-        "hardware": f"{platform.machine()}, {_cpus()} CPU cores",
+        "commit": git_commit(),
+        "hardware": f"{platform.machine()}, {cpu_cores()} CPU cores",
         "total_s": round(time.perf_counter() - t0, 1),
     }
     out: dict[str, Any] = {"meta": meta, "settings": settings}
@@ -164,12 +154,6 @@ def run_recs_eval(
         update_results_md(results_md, out)
         meta["results_md"] = str(results_md)
     return out
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _json_default(x: Any) -> Any:

@@ -14,7 +14,6 @@ import ast
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from typing import Annotated, Any, ClassVar
 import typer
 
 from shoplens.config import atomic_write, shoplens_home
+from shoplens.eval.report import git_commit
 from shoplens.report import plots
 from shoplens.report.plots import Plot
 
@@ -387,21 +387,6 @@ def _missing(key: str, title: str, note: str, text: str = "") -> Section:
 # --- build, render, command ------------------------------------------------------------------
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _inline_code(text: str) -> Any:
     """Escape ``text`` and show its `backquoted` parts as ``<code>``."""
     from markupsafe import Markup, escape
@@ -467,7 +452,7 @@ def build_report(
         sections,
         {
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "home": str(home),
         },
     ).encode("utf-8")
