@@ -155,7 +155,7 @@ def demo_recommendations(
             say(f"simulating {customers} customers (SIMULATED events, labelled as such) ...")
             cfg = preset_config("balanced", n_customers=customers)
             sim = simulate(item_space(catalog, text=False), cfg)
-            store.add((e.to_dict() for e in sim.events), simulated=True, source="simulator")
+            store.add_simulated(sim.events)
         events = store.count()
         ids = store.customer_ids(limit=1, simulated=True)
     example = ids[0] if ids else None

@@ -137,9 +137,7 @@ def simulate_events(
         stored = None
         if store:
             with EventStore.open(cat) as es:
-                stored = es.add(
-                    (e.to_dict() for e in sim.events), simulated=True, source="simulator"
-                )
+                stored = es.add_simulated(sim.events)
     payload = {
         "simulated": True,
         "preset": preset,

@@ -511,6 +511,10 @@ class EventStore:
                 out[row[0]] = _row_event(row)
         return out
 
+    def add_simulated(self, events: Iterable[Event]) -> EventReport:
+        """Store the simulator's events, flagged simulated (source ``simulator``)."""
+        return self.add((e.to_dict() for e in events), simulated=True, source="simulator")
+
     def delete_simulated(self) -> int:
         """Remove every simulated event; return how many were removed."""
         with self._lock:

@@ -179,7 +179,7 @@ def _simulated_customers(catalog: Any, n: int = 40) -> None:
 
     sim = simulate(item_space(catalog, text=False), preset_config("balanced", n_customers=n))
     with EventStore.open(catalog) as store:
-        store.add((e.to_dict() for e in sim.events), simulated=True, source="simulator")
+        store.add_simulated(sim.events)
     fit_recommendations(catalog)
 
 
