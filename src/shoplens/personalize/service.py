@@ -29,6 +29,7 @@ from shoplens.index.store import publish_build
 from shoplens.personalize.events import EventStore
 from shoplens.personalize.items import item_space
 from shoplens.personalize.types import EVENT_TYPES, Event, History, Interactions, ItemSpace
+from shoplens.search.engine import check_k
 
 HISTORY_LIMIT = 200  # most recent events of a customer used at serving time
 MAX_K = 100
@@ -158,7 +159,7 @@ class Recommendations:
 
     def for_customer(self, customer_id: str, k: int = 10) -> dict[str, Any]:
         """Recommendations for a customer from their stored events (fallback if none)."""
-        k = _check_k(k)
+        k = check_k(k, MAX_K)
         if not customer_id or len(customer_id) > 128:
             raise InvalidInputError("customer id must be 1 to 128 characters")
         events = self.events.customer_events(customer_id, limit=HISTORY_LIMIT)
@@ -185,7 +186,7 @@ class Recommendations:
 
     def complete_the_look(self, sku: str, k: int = 4) -> dict[str, Any]:
         """Compatible products from other categories, grouped by category."""
-        k = _check_k(k)
+        k = check_k(k, MAX_K)
         product = self.catalog.get(sku)  # NotFoundError for unknown skus
         item = self.items.index_of(sku)
         if item is None:
@@ -216,9 +217,3 @@ class Recommendations:
                 }
             )
         return {"sku": product.sku, "category": product.category, "groups": out}
-
-
-def _check_k(k: int) -> int:
-    if not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k!r}")
-    return k

@@ -59,9 +59,10 @@ class Hit:
         }
 
 
-def check_k(k: int) -> int:
-    if not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k!r}")
+def check_k(k: int, limit: int = MAX_K) -> int:
+    """``k`` when it is an int in 1..limit, else InvalidInputError."""
+    if not isinstance(k, int) or not 1 <= k <= limit:
+        raise InvalidInputError(f"k must be between 1 and {limit}, got {k!r}")
     return k
 
 
