@@ -72,3 +72,20 @@ def test_images_are_content_addressed(home: Path) -> None:
     k2 = cat.put_image(b"abc", "ab" + "0" * 62, "png")
     assert k1 == k2 and cat.image_path(k1).read_bytes() == b"abc"
     assert not list(cat.image_path(k1).parent.glob(".tmp-*"))
+
+
+def test_products_read_by_id_follow_writes_from_any_connection(home: Path) -> None:
+    reader = Catalog.create("cache-shop")
+    reader.upsert([rec("a", "first"), rec("b", "bee")])
+    ids = {p.sku: p.id for p in reader.iter_products()}
+    assert reader.get_by_ids([ids["a"]])[ids["a"]].title == "first"  # now cached
+    # this connection's own write
+    reader.upsert([rec("a", "second")])
+    assert reader.get_by_ids([ids["a"]])[ids["a"]].title == "second"
+    # another connection's write (another process would look the same to SQLite)
+    with Catalog.open("cache-shop") as writer:
+        writer.upsert([rec("a", "third"), rec("c", "sea")])
+    got = reader.get_by_ids([ids["a"], ids["b"], 10_000])
+    assert got[ids["a"]].title == "third" and got[ids["b"]].title == "bee"
+    assert 10_000 not in got
+    reader.close()

@@ -30,6 +30,9 @@ from typing import Any
 from shoplens.config import check_name, shoplens_home
 from shoplens.errors import InvalidInputError, NotFoundError
 
+#: Products kept in memory per open catalogue before the cache starts over.
+PRODUCT_CACHE_SIZE = 200_000
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     id INTEGER PRIMARY KEY,
@@ -148,12 +151,18 @@ class Catalog:
         self.name = root.name
         self.db_path = root / "catalog.sqlite"
         self.images_dir = root / "images"
+        self._images_root = str(self.images_dir)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30.0)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        # Products read by id, kept until any connection writes the database (checked per
+        # read with PRAGMA data_version, which other connections' commits change, and
+        # total_changes for this one's): search pages re-read the same products often.
+        self._cache: dict[int, Product] = {}
+        self._cache_stamp: tuple[int, int] = (-1, -1)
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -317,16 +326,34 @@ class Catalog:
     def get_by_ids(self, ids: Sequence[int]) -> dict[int, Product]:
         """Products by internal id (missing ids are left out)."""
         out: dict[int, Product] = {}
-        ids = [int(i) for i in ids]
         with self._lock:
-            for start in range(0, len(ids), 900):
-                chunk = ids[start : start + 900]
+            stamp = (
+                self._conn.execute("PRAGMA data_version").fetchone()[0],
+                self._conn.total_changes,
+            )
+            if stamp != self._cache_stamp or len(self._cache) > PRODUCT_CACHE_SIZE:
+                self._cache.clear()
+                self._cache_stamp = stamp
+            cache = self._cache
+            missing = []
+            for i in ids:
+                p = cache.get(int(i))
+                if p is None:
+                    missing.append(int(i))
+                else:
+                    out[p.id] = p
+            for start in range(0, len(missing), 900):
+                chunk = missing[start : start + 900]
                 marks = ",".join("?" * len(chunk))
                 for row in self._conn.execute(
                     f"SELECT * FROM products WHERE id IN ({marks})", chunk
                 ):
-                    out[row["id"]] = _row_to_product(row)
+                    out[row["id"]] = cache[row["id"]] = _row_to_product(row)
         return out
+
+    def image_file(self, image_key: str) -> str:
+        """:meth:`image_path` as a string, without pathlib's cost (hot search path)."""
+        return os.path.join(self._images_root, image_key[:2], image_key)
 
     def iter_products(self, batch_size: int = 2000) -> Iterator[Product]:
         """All products in id order, fetched in batches."""

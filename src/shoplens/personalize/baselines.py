@@ -20,6 +20,7 @@ does not reorder items with real evidence.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -175,6 +176,19 @@ class ScoringRecommender:
         return out
 
 
+@functools.lru_cache(maxsize=1)
+def _threadpools() -> Any:
+    """One threadpoolctl controller: building one scans the loaded libraries (~10 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> Any:
+    """Context manager: BLAS on one thread (implicit's per-row solves are tiny)."""
+    return _threadpools().limit(limits=1, user_api="blas")
+
+
 class Popularity(ScoringRecommender):
     """The most popular items, the same for everyone (the history is only used to exclude).
 
@@ -191,6 +205,7 @@ class Popularity(ScoringRecommender):
     def fit(self, train: Interactions, items: ItemSpace) -> None:
         self.n_items = len(items)
         self.scores = _popularity(train, self.n_items, self.half_life_days)
+        self._order: np.ndarray | None = None  # the ranking, sorted on first use
 
     def _scores(self, histories: Sequence[History]) -> np.ndarray:
         return np.broadcast_to(self.scores, (len(histories), self.n_items)).copy()
@@ -200,7 +215,9 @@ class Popularity(ScoringRecommender):
     ) -> tuple[np.ndarray, np.ndarray]:
         """The same ranking for everyone minus their seen items (one sort, no (B, N) scores)."""
         self._check_fitted()
-        order = np.argsort(-self.scores, kind="stable")  # (N,) ties: lower index first
+        order = getattr(self, "_order", None)
+        if order is None or len(order) != self.n_items:  # builds pickled before the cache
+            order = self._order = np.argsort(-self.scores, kind="stable")  # (N,) ties: low first
         idx = np.full((len(histories), k), -1, dtype=np.int64)
         val = np.full((len(histories), k), -np.inf, dtype=np.float32)
         for b, h in enumerate(histories):
@@ -445,13 +462,11 @@ class ALS(ScoringRecommender):
 
     def user_factors(self, histories: Sequence[History]) -> np.ndarray:
         """(B, F) float32 factors solved from each history (zeros for an empty history)."""
-        from threadpoolctl import threadpool_limits
-
         self._check_fitted()
         x = history_matrix(histories, self.n_items, None)  # (B, N) summed type weights
         if len(histories) == 0:
             return np.zeros((0, self.item_factors.shape[1]), dtype=np.float32)
-        with threadpool_limits(1, "blas"):
+        with one_blas_thread():
             u = self.model.recalculate_user(np.arange(len(histories)), x)
         return np.asarray(u, dtype=np.float32).reshape(len(histories), -1)
 

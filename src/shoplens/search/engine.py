@@ -137,7 +137,7 @@ class SearchEngine:
                         category=p.category,
                         attributes=p.attributes,
                         image_url=f"/v1/products/{quote(p.sku, safe='')}/image",
-                        image_path=str(self.catalog.image_path(p.image_key)),
+                        image_path=self.catalog.image_file(p.image_key),
                     )
                 )
                 if len(hits) == k:
@@ -163,11 +163,26 @@ class SearchEngine:
     ) -> list[Hit]:
         """The search step alone: products nearest to query embedding ``q`` (1, D)."""
         check_k(k)
-        extra = len(exclude) if exclude else 0
-        ranked = self._vector_ranked(
-            self.image_build, q, max(100, 3 * k + extra), self._allowed(filters)
-        )
-        return self._hits(ranked, k, dedupe, exclude=exclude)
+        return self._nearest(q, k, self._allowed(filters), dedupe, exclude)
+
+    def _nearest(
+        self,
+        q: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        dedupe: bool,
+        exclude: set[int] | None = None,
+    ) -> list[Hit]:
+        """The top ``k`` hits for (1, D) ``q``: asks the index for a few more than ``k``
+        (room for the excluded and duplicate images) and asks again for more only when
+        those did not fill the page."""
+        n = 2 * k + (len(exclude) if exclude else 0) + 8
+        while True:
+            ranked = self._vector_ranked(self.image_build, q, n, allowed)
+            hits = self._hits(ranked, k, dedupe, exclude=exclude)
+            if len(hits) >= k or len(ranked) < n or n >= self.image_build.index.ntotal:
+                return hits
+            n *= 4
 
     def _vector_ranked(
         self, build: IndexBuild, q: np.ndarray, n: int, allowed: np.ndarray | None
@@ -249,8 +264,10 @@ class SearchEngine:
             )
         if image is not None and text is not None and compose is not False and self.composes:
             q = self.encoder.compose([image], [text])  # type: ignore[attr-defined]  # (1, D)
-            ranked = self._vector_ranked(self.image_build, q, n, self._allowed(filters))
-            return self._hits(ranked, k, dedupe)
+            return self._nearest(q, k, self._allowed(filters), dedupe)
+        if image is not None and text is None:
+            q = self.encoder.encode_images([image])  # (1, D)
+            return self._nearest(q, k, self._allowed(filters), dedupe)
         lists: list[list[tuple[int, float]]] = []
         weights: list[float] = []
         if image is not None:
