@@ -153,8 +153,7 @@ def test_events_validated_idempotent_then_recommendations(service: Any) -> None:
     assert_error(client.get("/v1/customers/c0/recommendations", params={"k": 101}), 422)
 
 
-def test_complete_the_look_and_pages(service: Any) -> None:
-    client, _, _ = service
+def _ensure_fitted(client: TestClient) -> None:
     if client.get("/v1/customers/c1/recommendations").status_code == 409:
         # run on its own: store the outfit events and fit (the test above does it via HTTP)
         from shoplens.personalize.events import EventStore
@@ -164,6 +163,11 @@ def test_complete_the_look_and_pages(service: Any) -> None:
             with EventStore.open(cat) as store:
                 store.add(outfit_events(12, PER_CATEGORY))
             fit_recommendations(cat)
+
+
+def test_complete_the_look_and_pages(service: Any) -> None:
+    client, _, _ = service
+    _ensure_fitted(client)
     r = client.get(f"/v1/products/{sku(0, 0)}/complete-the-look", params={"k": 3})
     assert r.status_code == 200, r.text
     groups = r.json()["groups"]
@@ -184,3 +188,27 @@ def test_complete_the_look_and_pages(service: Any) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/customers/c3"
     r = client.get("/customers", params={"id": "x" * 300})
     assert r.status_code == 400 and "at most 128" in r.text
+
+
+def test_concurrent_recommendations_match_one_at_a_time(service: Any) -> None:
+    """Requests run the recommender in parallel threads (no global lock): same answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, _, _ = service
+    _ensure_fitted(client)
+    from shoplens.personalize.service import Recommendations
+
+    with Catalog.open(CATALOG) as cat:
+        recs = Recommendations(cat)
+        customers = [f"c{i}" for i in range(12)] + ["someone-new"]
+        calls = customers * 4
+
+        def answer(c: str) -> list[tuple[str, float]]:
+            return [(r.product.sku, round(r.score, 5)) for r in recs.for_customer(c, 8)["results"]]
+
+        alone = {c: answer(c) for c in customers}
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(answer, calls))
+        recs.close()
+    assert together == [alone[c] for c in calls]
+    assert any(alone[c] != alone["someone-new"] for c in customers[:-1])  # personalised

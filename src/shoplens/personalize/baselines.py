@@ -355,9 +355,10 @@ class ImageKNN(ScoringRecommender):
         return state
 
     def _faiss(self) -> Any:
-        if self._index is None:
-            self._index = faiss.IndexFlatIP(self.embeddings.shape[1])
-            self._index.add(self.embeddings)
+        if self._index is None:  # filled before it is published: requests run in threads
+            index = faiss.IndexFlatIP(self.embeddings.shape[1])
+            index.add(self.embeddings)
+            self._index = index
         return self._index
 
     def _fill(self, items: np.ndarray) -> None:

@@ -121,9 +121,10 @@ class ContentRecommender:
         self._faiss()
 
     def _faiss(self) -> Any:
-        if self._index is None:
-            self._index = faiss.IndexFlatIP(self.vectors.shape[1])
-            self._index.add(self.vectors)
+        if self._index is None:  # filled before it is published: requests run in threads
+            index = faiss.IndexFlatIP(self.vectors.shape[1])
+            index.add(self.vectors)
+            self._index = index
         return self._index
 
     def _fitted(self) -> None:

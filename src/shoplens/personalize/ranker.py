@@ -27,6 +27,7 @@ history gets the popularity ranking (:meth:`FusedRanker.recommend_one` says so).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 DAY = 86_400.0
 CHUNK = 256  # histories processed at once (bounds the (b, N) score matrices)
+# LightGBM's predict on one booster from several threads races in its predictor set-up
+# (LightGBM issues 6142, 5482); everything else in a recommendation runs concurrently.
+_PREDICT_LOCK = threading.Lock()
 DEFAULT_RETRIEVERS: dict[str, int] = {
     "customer-embedding": 100,
     "als": 100,
@@ -613,7 +617,8 @@ class FusedRanker:
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         """(M, F) features -> (M,) float32 ranker scores."""
-        out = self.model.booster_.predict(x, num_threads=self.num_threads)
+        with _PREDICT_LOCK:
+            out = self.model.booster_.predict(x, num_threads=self.num_threads)
         return np.asarray(out, np.float32)
 
     def feature_importance(self) -> dict[str, float]:

