@@ -13,7 +13,7 @@ import pytest
 
 from shoplens.errors import InvalidInputError
 from shoplens.registry import create_encoder
-from shoplens.serve.batching import BatchingEncoder, MicroBatcher
+from shoplens.serve.batching import BatchingEncoder, BatchingIndex, MicroBatcher
 
 
 def recording(
@@ -246,3 +246,39 @@ def test_call_runs_a_lone_item_at_once_and_batches_concurrent_ones() -> None:
         b.close()
     with pytest.raises(RuntimeError, match="closed"):
         b.call(1)
+
+
+def test_batching_index_answers_like_the_index_and_batches_searches() -> None:
+    from shoplens.index.base import make_index
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((500, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index = make_index(16, "Flat")
+    index.add(np.arange(1000, 1500), vecs)
+    sizes: list[int] = []
+    bi = BatchingIndex(index, max_batch=8, max_wait_ms=20, on_search=lambda n, s: sizes.append(n))
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    ks = [3 + i % 7 for i in range(40)]  # callers ask for different k
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: bi.search(queries[i : i + 1], ks[i]), range(40)))
+    for i, (scores, ids) in enumerate(got):
+        want_s, want_i = index.search(queries[i : i + 1], ks[i])
+        assert ids.shape == (1, ks[i])
+        np.testing.assert_array_equal(ids, want_i)
+        np.testing.assert_allclose(scores, want_s, rtol=1e-5, atol=1e-6)
+    assert max(sizes) > 1 and sum(sizes) == 40  # batches formed, every query searched once
+    # filtered and multi-query searches go straight through; a bad query fails alone
+    allowed = np.arange(1000, 1010)
+    _, ids = bi.search(queries[:1], 5, allowed)
+    assert set(ids[0].tolist()) <= set(allowed.tolist())
+    assert bi.search(queries[:3], 2)[1].shape == (3, 2)
+    bad = np.full((1, 16), np.nan, dtype=np.float32)
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(bi.search, q, 4) for q in (bad, queries[:1], queries[1:2])]
+        with pytest.raises(InvalidInputError):
+            futs[0].result()
+        assert futs[1].result()[1].shape == (1, 4) and futs[2].result()[1].shape == (1, 4)
+    assert bi.ntotal == 500  # other attributes pass through
+    bi.close()
+    np.testing.assert_array_equal(bi.search(queries[:1], 3)[1], index.search(queries[:1], 3)[1])

@@ -324,3 +324,69 @@ class BatchingEncoder(Encoder):
 
     def __repr__(self) -> str:
         return f"BatchingEncoder({self.inner!r}, max_batch={self.max_batch})"
+
+
+SearchCallback = Callable[[int, float], None]  # (queries in the call, seconds)
+
+
+class BatchingIndex:
+    """A vector index whose single-query, unfiltered searches from concurrent threads are
+    micro-batched into one ``search`` call of the wrapped index.
+
+    A flat or graph search of one query is bound by reading the vectors, so Q queries in
+    one call cost little more than one (measured in docs/BENCHMARKS.md). Each caller gets
+    its own rows, cut to the ``k`` it asked for (the batch asks for the largest ``k``;
+    the top of a longer list is the shorter list). Filtered searches (``allowed_ids``)
+    and multi-query calls go straight to the wrapped index. Other attributes (``ntotal``,
+    ``dim``, ...) are read from the wrapped index.
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        on_search: SearchCallback | None = None,
+    ) -> None:
+        self.index = index
+        self._batcher: MicroBatcher[tuple[np.ndarray, int], tuple[np.ndarray, np.ndarray]] = (
+            MicroBatcher(
+                self._search_many,
+                max_batch,
+                max_wait_ms,
+                on_batch=on_search,
+                name="shoplens-batch-search",
+            )
+        )
+
+    def _search_many(
+        self, items: list[tuple[np.ndarray, int]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        q = np.stack([v for v, _ in items])  # (Q, D)
+        scores, ids = self.index.search(q, max(k for _, k in items))  # (Q, kmax) each
+        return [(scores[i : i + 1, :k], ids[i : i + 1, :k]) for i, (_, k) in enumerate(items)]
+
+    def search(
+        self, vectors: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like the wrapped index's ``search``: ((Q, k) scores, (Q, k) ids)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if allowed_ids is None and vectors.ndim == 2 and len(vectors) == 1 and k >= 1:
+            try:
+                return self._batcher.call((vectors[0], int(k)))
+            except BatcherClosed:
+                pass
+        return self.index.search(vectors, k, allowed_ids)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Finish queued searches; later calls go to the wrapped index directly."""
+        self._batcher.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "index" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.index, name)
+
+    def __repr__(self) -> str:
+        return f"BatchingIndex({self.index!r})"
