@@ -85,7 +85,11 @@ def service(catalog: str, env: dict[str, str], timeout: float = 600) -> Iterator
     cmd = [sys.executable, "-c", LAUNCH, catalog, str(port)]
     proc = subprocess.Popen(
         cmd,
-        env={**{k: v for k, v in os.environ.items() if k not in UNSET}, **env},
+        env={
+            **{k: v for k, v in os.environ.items() if k not in UNSET},
+            "SHOPLENS_RATE_LIMIT_PER_S": "0",  # a load generator on one address: no limit
+            **env,
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

@@ -177,3 +177,41 @@ def outfit_events(n_customers: int, per_category: int, prefix: str = "c") -> lis
                     }
                 )
     return events
+
+
+def tiny_generator(folder: Path, steps: int = 4) -> Path:
+    """A diffusion-test-tiny model trained ``steps`` steps on the catalogue's product
+    images (categories of ``CATEGORIES``), conditioned through an untrained clip-test-tiny
+    saved beside it; saved like a trained model. Returns the model folder."""
+    import torch
+
+    from shoplens.models.diffusion import to_model_pixels
+    from shoplens.models.io import save_model
+    from shoplens.registry import create_model
+
+    from .conftest import CATEGORIES
+
+    torch.manual_seed(0)
+    names = list(CATEGORIES)
+    save_model(create_model("clip-test-tiny", class_names=names), folder / "clip")
+    model = create_model(
+        "diffusion-test-tiny", class_names=names, cond_encoder=f"trained:{folder / 'clip'}"
+    )
+    gray = np.stack(
+        [
+            np.asarray(make_product_image(c, s).convert("L").resize((28, 28)))
+            for c in names
+            for s in range(4)
+        ]
+    )  # (16, 28, 28) uint8
+    batch = {
+        "image": to_model_pixels(torch.from_numpy(gray), model.cfg.image_size),
+        "label": torch.arange(len(names)).repeat_interleave(4),
+    }
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model.training_step(batch)["loss"].backward()
+        opt.step()
+    return save_model(model.eval(), folder / "model")

@@ -19,6 +19,7 @@ from shoplens.bench import bench_app
 from shoplens.errors import InvalidInputError, ShoplensError
 from shoplens.eval.cli import eval_command
 from shoplens.export.cli import export_app
+from shoplens.generate.cli import generate_app
 from shoplens.personalize.cli import events_app, keys_app, recommend_app, simulate_app
 from shoplens.report.build import report_command
 from shoplens.training.cli import models_app, train_command
@@ -39,6 +40,7 @@ app.add_typer(recommend_app, name="recommend")
 app.add_typer(keys_app, name="keys")
 app.add_typer(export_app, name="export")
 app.add_typer(bench_app, name="bench")
+app.add_typer(generate_app, name="generate")  # `generate` and `generate eval`
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 CatalogOpt = Annotated[str, typer.Option("--catalog", "-c", help="Catalogue name.")]
@@ -287,6 +289,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs and /openapi.json)."""
+    import gc
+    import signal
+
     import uvicorn
 
     from shoplens.catalog.store import Catalog
@@ -296,12 +301,24 @@ def serve(
         raise InvalidInputError("give --encoder or --model, not both")
     Catalog.open(catalog).close()  # fail fast with a clear error for an unknown catalogue
     extra: dict[str, Any] = {"model": model} if model else {}  # else SHOPLENS_MODEL applies
+    settings = ServiceSettings(catalog=catalog, encoder=encoder, **extra)
+    service = create_app(settings)
+    # SIGTERM / Ctrl-C: uvicorn stops accepting, lets in-flight requests finish (at most
+    # 30 s), then re-raises the signal; ignoring it then makes a drained stop exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(
-        create_app(ServiceSettings(catalog=catalog, encoder=encoder, **extra)),
+        service,
         host=host,
         port=port,
         log_level="info",
+        timeout_graceful_shutdown=30,
+        # X-Forwarded-For is trusted only from SHOPLENS_TRUSTED_PROXIES (the app's own
+        # setting), and the request line + headers may be as long as the app allows.
+        proxy_headers=False,
+        h11_max_incomplete_event_size=settings.max_header_bytes + settings.max_query_bytes,
     )
+    gc.freeze()  # drained and shut down: exit without a final scan of every loaded object
 
 
 @app.command()

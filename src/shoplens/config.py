@@ -331,12 +331,15 @@ def _coerce_scalar(value: Any, tp: type, key: str) -> Any:
         pass  # True is not a number or a name: a quoting mistake, reported below
     elif tp is int:
         number = _as_number(value)
-        if number is not None and float(number).is_integer():
+        if isinstance(number, int) or (number is not None and number.is_integer()):
             return int(number)
     elif tp is float:
         number = _as_number(value)
         if number is not None:
-            return float(number)
+            try:
+                return float(number)
+            except OverflowError:  # an integer beyond float range: reported below
+                pass
     elif tp is str:
         if isinstance(value, (str, int, float)):
             return str(value)

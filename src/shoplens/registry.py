@@ -144,6 +144,7 @@ def _ensure_models() -> None:
     # Importing the family modules runs their @register_model decorators.
     import shoplens.models.clip
     import shoplens.models.combiner
+    import shoplens.models.diffusion
     import shoplens.models.heads
     import shoplens.models.ssl  # noqa: F401
 

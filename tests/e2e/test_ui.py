@@ -4,7 +4,7 @@ upload, and the forms with JavaScript turned off."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,7 +12,11 @@ import pytest
 pytest.importorskip("playwright", reason="Playwright is not installed (pip install -e '.[dev]')")
 from playwright.sync_api import FilePayload, expect
 
-from ..helpers import png_bytes
+from shoplens.serve import ServiceSettings, create_app
+from shoplens.serve.keys import KeyStore
+from shoplens.serve.screenshots import serve_in_thread
+
+from ..helpers import png_bytes, tiny_generator
 from .conftest import UPLOAD_LIMIT, assert_accessible
 
 if TYPE_CHECKING:
@@ -30,6 +34,7 @@ STATES = {
     "customer (real)": "/customers/c2",
     "customer (unknown: popular fallback)": "/customers/nobody",
     "error 400 (customer id too long)": "/customers?id=" + "x" * 300,
+    "generate (no model yet)": "/generate",
 }
 MODES: dict[str, dict[str, Any]] = {
     "light": {"size": {"width": 1280, "height": 800}, "scheme": "light"},
@@ -82,7 +87,8 @@ def tab_until(page: Page, wanted: Callable[[dict[str, Any]], bool], limit: int =
         info: dict[str, Any] = page.evaluate(FOCUS_INFO)
         if wanted(info):
             if not info["inViewport"]:  # smooth scrolling may still be bringing it in
-                page.wait_for_function(f"({FOCUS_INFO})().inViewport", timeout=3000)
+                # a function, not an expression string: the CSP forbids eval() of strings
+                page.wait_for_function(f"() => ({FOCUS_INFO})().inViewport", timeout=3000)
                 info = page.evaluate(FOCUS_INFO)
             assert info["inViewport"], f"focused element is off screen: {info}"
             assert info["ring"], f"focused element has no visible focus ring: {info}"
@@ -209,3 +215,48 @@ def test_customer_pages_say_what_is_simulated(page: Page, ui_url: str) -> None:
     page.goto(ui_url + "/products/SKU-000")
     look = page.locator("section[aria-labelledby=look-h]")
     expect(look.locator("h3").first).to_have_text("Blue square")  # learned from outfits
+
+
+@pytest.fixture(scope="module")
+def generate_url(
+    browser_tools: None, recs_catalog: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The service with a diffusion-test-tiny generator trained for a few steps."""
+    model = tiny_generator(tmp_path_factory.mktemp("generator"))
+    settings = ServiceSettings(catalog=recs_catalog, load_in_background=False, generator=str(model))
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def test_generate_page_form_errors_and_results(page: Page, generate_url: str) -> None:
+    store = KeyStore()
+    key = store.create("write", "browser test")[1]
+    store.close()
+    page.goto(generate_url + "/generate")
+    check_every_mode(page, "generate form")
+    page.set_viewport_size(MODES["light"]["size"])
+    page.get_by_label("What should the images show? (optional)").fill("red circle")
+    page.get_by_label("Number of images").fill("99")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Generate images").click()
+    page.wait_for_url("**/generate")
+    assert page.title() == "Error: Generate product images - shoplens"
+    assert page.evaluate("document.activeElement.id") == "n"  # focus on the first error
+    expect(page.locator("#n-error")).to_contain_text("from 1 to 16")
+    assert page.input_value("#prompt") == "red circle" and page.input_value("#api_key") == key
+    check_every_mode(page, "generate error 400")
+    page.set_viewport_size(MODES["light"]["size"])
+    page.get_by_label("Number of images").fill("3")
+    page.get_by_label("Steps").fill("3")
+    page.get_by_role("button", name="Generate images").click()
+    page.wait_for_url("**/generate")
+    expect(page.locator("[role=status]")).to_contain_text("Generated 3 images of red circle")
+    expect(page.locator(".notice")).to_contain_text("not a real product photo")
+    images = page.locator("img[src^='/generate/results/']")
+    assert images.count() == 3
+    assert images.first.get_attribute("alt") == "Generated image 1 of 3: red circle, seed 0"
+    assert page.evaluate(
+        "[...document.querySelectorAll('img[src^=\"/generate/results/\"]')]"
+        ".every((img) => img.complete && img.naturalWidth === 28)"
+    )
+    check_every_mode(page, "generated images")

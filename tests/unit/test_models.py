@@ -43,7 +43,13 @@ def test_every_family_has_configs_and_a_test_tiny_variant() -> None:
     assert {"resnet-small", "vit-small", "effnet-lite0-ft", "clip-small", "lit-effnet"} <= set(
         names
     )
-    assert set(list_model_families()) == {"classifier", "clip", "combiner", "copydetect"}
+    assert set(list_model_families()) == {
+        "classifier",
+        "clip",
+        "combiner",
+        "copydetect",
+        "diffusion",
+    }
     for family in list_model_families():
         tiny = [n for n in names if n.endswith("-test-tiny")]
         assert any(create_model(n).model_config["family"] == family for n in tiny)

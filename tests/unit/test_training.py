@@ -331,3 +331,17 @@ def test_channels_last_trains_the_same_model(tmp_path: Path) -> None:
     assert nhwc["image_tower.stem.0.weight"].is_contiguous(memory_format=torch.channels_last)
     for key, value in plain.items():
         assert torch.allclose(value.float(), nhwc[key].float(), atol=1e-4), key
+
+
+def test_max_minutes_stops_cleanly_and_saves(tmp_path: Path) -> None:
+    data, held_out = make_datasets(DATA)
+    cfg = quick(epochs=50, batch_size=16, max_minutes=1e-9)  # over after the first step
+    result = fit(build_model(DATA), data, cfg, run_dir=tmp_path, eval_fn=mse_eval(held_out))
+    assert result.steps == 1 and result.epochs == 0 and len(result.history) == 1
+    assert np.isfinite(result.metrics["eval/mse"])  # evaluated like a finished run
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert any((tmp_path / "model").iterdir()) and (tmp_path / "metrics.json").is_file()
+    again = fit(build_model(DATA), data, cfg, run_dir=tmp_path)  # resumes, with a new budget
+    assert again.steps == 2
+    with pytest.raises(InvalidInputError, match="max_minutes"):
+        TrainConfig(max_minutes=0)

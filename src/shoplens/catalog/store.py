@@ -128,6 +128,30 @@ def list_catalogs() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "catalog.sqlite").is_file())
 
 
+def process_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs on this machine (POSIX; False when unsure)."""
+    if os.name != "posix" or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but belongs to another user
+        return False
+    return False
+
+
+def remove_stale_image_temps(images_dir: Path) -> list[Path]:
+    """Delete ``.tmp-<pid>-*`` image files whose writer was killed before its rename."""
+    gone = []
+    for p in images_dir.glob("*/.tmp-*"):
+        pid = p.name.split("-")[1]
+        if pid.isdigit() and process_gone(int(pid)):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
 def _row_to_product(row: sqlite3.Row) -> Product:
     return Product(
         id=row["id"],
@@ -176,9 +200,11 @@ class Catalog:
 
     @classmethod
     def create(cls, name: str) -> Catalog:
-        """Open a catalogue, creating an empty one if needed."""
+        """Open a catalogue for writing, creating an empty one if needed (and removing temp
+        files of image writes that were killed)."""
         root = catalogs_root() / check_name(name)
         (root / "images").mkdir(parents=True, exist_ok=True)
+        remove_stale_image_temps(root / "images")
         return cls(root)
 
     def close(self) -> None:
@@ -202,7 +228,7 @@ class Catalog:
         if path.exists():
             return key
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

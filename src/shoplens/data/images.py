@@ -163,6 +163,8 @@ def resolve_local_path(
     Raises:
         InvalidInputError: the path leads outside ``root`` (after resolving symlinks).
     """
+    if "\0" in str(path):
+        raise InvalidInputError(f"image path {str(path)!r} contains a NUL byte")
     p = Path(path).expanduser()
     if root is not None and not p.is_absolute():
         p = root / p

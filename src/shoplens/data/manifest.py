@@ -9,6 +9,7 @@ reported as a :class:`RowError` with the line where its record starts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import unicodedata
@@ -231,7 +232,9 @@ def _scalar_text(value: Any) -> str | None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):  # not NaN / Infinity
         return str(value)
     return None
 

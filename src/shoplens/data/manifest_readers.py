@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import unicodedata
@@ -45,6 +46,8 @@ def kind_of(value: Any) -> str:
         return "a string"
     if value is None:
         return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN/Infinity"
     return "a number" if not isinstance(value, bool) else "true/false"
 
 
@@ -143,6 +146,9 @@ def read_jsonl(path: Path, b: RecordSink, name: str) -> None:
             except json.JSONDecodeError as exc:
                 b.error(lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
+            except (ValueError, RecursionError) as exc:  # huge integer, nested too deeply
+                b.error(lineno, None, f"invalid JSON: {_json_limit(exc)}")
+                continue
             _json_record(b, lineno, obj)
 
 
@@ -182,6 +188,12 @@ def _iter_json_array(text: str, name: str) -> Iterator[tuple[int, Any]]:
                 obj, end = decoder.raw_decode(text, i)
             except json.JSONDecodeError as exc:
                 raise _json_error(name, exc) from None
+            except (ValueError, RecursionError) as exc:  # huge integer, nested too deeply
+                line += text.count("\n", counted, i)
+                raise InvalidInputError(
+                    f"invalid JSON in manifest {name!r} in the element starting on line "
+                    f"{line}: {_json_limit(exc)}"
+                ) from None
             line += text.count("\n", counted, i)
             counted = i
             yield line, obj
@@ -195,6 +207,13 @@ def _iter_json_array(text: str, name: str) -> Iterator[tuple[int, Any]]:
             raise _json_error(name, json.JSONDecodeError("expected ',' or ']'", text, i))
     if i != len(text):
         raise _json_error(name, json.JSONDecodeError("extra data after the array", text, i))
+
+
+def _json_limit(exc: Exception) -> str:
+    """Why Python's JSON parser gave up on valid-looking JSON (not a syntax error)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"a number is too long ({str(exc).split(':')[0]})"
 
 
 def _json_error(name: str, exc: json.JSONDecodeError) -> InvalidInputError:

@@ -10,10 +10,12 @@ Redirects are followed by hand (at most 5), each hop re-checked.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
 import socket
+import ssl
 import time
 import typing
 from collections.abc import Sequence
@@ -145,12 +147,18 @@ class _GuardedBackend(httpcore.SyncBackend):
         raise last or httpcore.ConnectError(f"no address for host {host!r}")
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every fetch (loading the CA bundle takes ~50 ms)."""
+    return httpx.create_ssl_context()
+
+
 def _make_client(timeout: float, allow_private: bool) -> httpx.Client:
-    transport = httpx.HTTPTransport(retries=0)
+    transport = httpx.HTTPTransport(retries=0, verify=_ssl_context())
     pool = getattr(transport, "_pool", None)
     if isinstance(pool, httpcore.ConnectionPool):
         transport._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=_ssl_context(),
             network_backend=_GuardedBackend(allow_private),
         )
     return httpx.Client(
@@ -163,7 +171,10 @@ def _make_client(timeout: float, allow_private: bool) -> httpx.Client:
 
 def _check_url_host(url: httpx.URL) -> None:
     port = url.port or (443 if url.scheme == "https" else 80)
-    check_host(url.host, port, allow_private=False)
+    try:
+        check_host(url.host, port, allow_private=False)
+    except httpcore.ConnectError as exc:  # unresolvable: an httpx error, retried like one
+        raise httpx.ConnectError(str(exc)) from None
 
 
 class _Retryable(Exception):

@@ -71,7 +71,8 @@ def _join(*parts: str) -> str:
 
 #: Sections other commands append; regenerating the foundation report keeps them.
 RECS_HEADING = "## Recommendations (simulated customers)"
-KEPT_SECTIONS = (TRAINED_HEADING, RECS_HEADING)
+GEN_HEADING = "## Generation (diffusion)"
+KEPT_SECTIONS = (TRAINED_HEADING, RECS_HEADING, GEN_HEADING)
 
 
 def write_foundation_report(out: Path, markdown: str) -> None:

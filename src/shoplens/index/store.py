@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from shoplens.catalog.store import Catalog, Product
+from shoplens.catalog.store import Catalog, Product, process_gone
 from shoplens.config import fsync_dir
 from shoplens.errors import NotReadyError
 from shoplens.index.base import VectorIndex, default_factory, load_index, make_index
@@ -136,16 +136,41 @@ def _previous_cache(catalog: Catalog, name: str) -> dict[str, np.ndarray]:
     return {k: old.embeddings[i] for i, k in enumerate(old.keys)}
 
 
+def _writer_gone(name: str) -> bool:
+    """True when the process named in a temp entry ``.tmp-<build id>`` / ``.current-<build
+    id>`` (build id ``DATE-TIME-PID-NS``) no longer runs on this machine."""
+    pid = name.rsplit("-", 2)[-2] if name.count("-") >= 2 else ""
+    return pid.isdigit() and process_gone(int(pid))
+
+
+def remove_stale_temps(root: Path) -> list[Path]:
+    """Delete what builds killed mid-way left under ``root`` (their process is gone).
+
+    A killed build leaves ``builds/.tmp-<id>`` (up to a whole build of vectors) or a
+    ``.current-<id>`` link, which no later build would ever remove. Returns what was removed.
+    """
+    temps = [*root.glob("builds/.tmp-*"), *root.glob(".current-*")]
+    gone = [p for p in temps if _writer_gone(p.name)]
+    for p in gone:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return gone
+
+
 def publish_build(root: Path, write: Callable[[Path], dict[str, Any]], keep: int = 2) -> Path:
     """Write a complete build under ``root/builds/`` and point ``root/current`` at it.
 
     ``write(folder)`` fills a temp folder and returns its metadata (saved as meta.json);
     every file is fsynced, the folder renamed into place and ``current`` (a relative
     symlink) replaced atomically, so readers see the old build or the new one, never
-    half of one. Older builds beyond ``keep`` are deleted. Returns the new build's path.
+    half of one. Older builds beyond ``keep`` are deleted, and so are temp folders of
+    builds that were killed. Returns the new build's path.
     """
     builds = root / "builds"
     builds.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)
     build_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**6:06d}"
     tmp = builds / f".tmp-{build_id}"
     tmp.mkdir()

@@ -54,12 +54,28 @@ def events_import(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import events (idempotent: events already stored, by event_id, are skipped)."""
+    """Import events (idempotent: events already stored, by event_id, are skipped).
+
+    After each committed chunk a line goes to stderr (JSON with --json): the first
+    ``committed`` events of the file are then stored for good (an acknowledgement).
+    """
     from shoplens.catalog.store import Catalog
-    from shoplens.personalize.events import EventStore, import_events
+    from shoplens.personalize.events import EventReport, EventStore, import_events
+
+    def ack(n: int, r: EventReport) -> None:
+        counts = {"accepted": r.accepted, "duplicates": r.duplicates, "rejected": r.rejected_count}
+        typer.echo(
+            json.dumps({"committed": n, **counts})
+            if as_json
+            else f"committed {n} events ({r.accepted} stored, {r.duplicates} already there, "
+            f"{r.rejected_count} rejected)",
+            err=True,
+        )
 
     with Catalog.open(catalog) as cat, EventStore.open(cat) as store:
-        report = import_events(store, file, fmt=fmt, simulated=simulated, rejects_path=rejects)
+        report = import_events(
+            store, file, fmt=fmt, simulated=simulated, rejects_path=rejects, on_commit=ack
+        )
         total = store.count()
     body = report.to_dict()
     lines = [

@@ -215,6 +215,8 @@ def _id_field(raw: Mapping[str, Any], name: str) -> str:
         raise InvalidInputError(
             f"{name} is longer than {MAX_ID_CHARS} characters ({len(value)}): {value[:40]!r}..."
         )
+    if any(unicodedata.category(c) == "Cs" for c in value):  # cannot be stored as UTF-8
+        raise InvalidInputError(f"{name} contains a lone surrogate (invalid Unicode)")
     if any(unicodedata.category(c) == "Cc" for c in value):
         raise InvalidInputError(f"{name} {value!r} contains control characters")
     return value
@@ -252,16 +254,20 @@ def parse_timestamp(value: Any, *, now: float) -> float:
     if isinstance(value, bool):
         raise InvalidInputError(f"timestamp must be a number or ISO 8601 text, not {value!r}")
     ts: float
+    numeric = True  # numbers may be milliseconds; dates never are
     if isinstance(value, datetime):
-        ts = _datetime_seconds(value)
+        ts, numeric = _datetime_seconds(value), False
     elif isinstance(value, (int, float)):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise InvalidInputError("timestamp is too large to be a date") from None
     elif isinstance(value, str):
         text = value.strip()
         try:
             ts = float(text)
         except ValueError:
-            ts = _iso_seconds(text)
+            ts, numeric = _iso_seconds(text), False
     else:
         raise InvalidInputError(
             f"timestamp must be a number or ISO 8601 text, not {type(value).__name__}"
@@ -270,7 +276,7 @@ def parse_timestamp(value: Any, *, now: float) -> float:
         raise InvalidInputError(f"timestamp {value!r} is not a finite number")
     if ts < 0:
         raise InvalidInputError(f"timestamp {value!r} is negative")
-    if ts > MS_THRESHOLD:
+    if numeric and ts > MS_THRESHOLD:
         ts /= 1000.0
     if ts > now + MAX_CLOCK_SKEW_S:
         when = datetime.fromtimestamp(ts, timezone.utc).isoformat() if ts < 2.5e11 else "?"
@@ -377,6 +383,7 @@ class EventStore:
         now: float | None = None,
         strict: bool = False,
         on_reject: Callable[[Rejection], None] | None = None,
+        on_commit: Callable[[int, EventReport], None] | None = None,
     ) -> EventReport:
         """Validate and store events; return what was accepted, duplicated and rejected.
 
@@ -385,8 +392,10 @@ class EventStore:
         rejected. Input is consumed in chunks of :data:`CHUNK`, one transaction each (see
         the module docs); with ``strict`` any rejection rolls the whole call back.
         ``on_reject`` is called with every rejection (the report keeps only the first
-        :data:`MAX_REJECTION_DETAILS`). A database error rolls back the current chunk and
-        is raised.
+        :data:`MAX_REJECTION_DETAILS`). ``on_commit(n, report)`` is called after each
+        commit: the first ``n`` input events are then processed and every valid one among
+        them is durably stored (an acknowledgement). A database error rolls back the
+        current chunk and is raised.
         """
         now = time.time() if now is None else float(now)
         report = EventReport(simulated=simulated)
@@ -416,6 +425,8 @@ class EventStore:
                         report.accepted = 0
                     else:
                         self._conn.commit()
+                if on_commit is not None and not report.aborted:
+                    on_commit(report.total, report)
             else:
                 for chunk in _chunks(raw_events, CHUNK):
                     with self._lock:
@@ -426,6 +437,8 @@ class EventStore:
                             self._conn.rollback()
                             raise
                         self._conn.commit()
+                    if on_commit is not None:
+                        on_commit(chunk[-1][0] + 1, report)
         return report
 
     def _add_chunk(
@@ -644,7 +657,8 @@ def _raw_id(raw: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if isinstance(value, str) and value.strip():
-        return value.strip()[:MAX_ID_CHARS]
+        # echoed in reports: a lone surrogate would make them unencodable as UTF-8
+        return value.strip()[:MAX_ID_CHARS].encode("utf-8", "replace").decode("utf-8")
     return None
 
 
@@ -840,6 +854,7 @@ def import_events(
     rejects_path: Path | None = None,
     now: float | None = None,
     strict: bool = False,
+    on_commit: Callable[[int, EventReport], None] | None = None,
 ) -> EventReport:
     """Import an events file into ``store``; return the report.
 
@@ -847,7 +862,8 @@ def import_events(
     csv, jsonl, parquet, hm (H&M ``transactions_train.csv``) or retailrocket
     (``events.csv``). With ``rejects_path`` every rejection is written there as JSON
     lines (the file is replaced atomically when the import ends). Re-running an import is
-    harmless: events already stored come back as duplicates.
+    harmless: events already stored come back as duplicates. ``on_commit`` is called after
+    each committed chunk (see :meth:`EventStore.add`).
     """
     from shoplens.personalize import loaders
 
@@ -865,12 +881,20 @@ def import_events(
         rows = read_event_rows(p, kind)
     source = f"import:{kind}:{p.name}"[:200]
     if rejects_path is None:
-        return store.add(rows, simulated=simulated, source=source, now=now, strict=strict)
+        return store.add(
+            rows, simulated=simulated, source=source, now=now, strict=strict, on_commit=on_commit
+        )
     with atomic_write(rejects_path) as fh:
 
         def write(r: Rejection) -> None:
             fh.write(json.dumps(r.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n")
 
         return store.add(
-            rows, simulated=simulated, source=source, now=now, strict=strict, on_reject=write
+            rows,
+            simulated=simulated,
+            source=source,
+            now=now,
+            strict=strict,
+            on_reject=write,
+            on_commit=on_commit,
         )

@@ -32,8 +32,9 @@ from shoplens.errors import (
     ShoplensError,
 )
 from shoplens.search.engine import Filters, SearchEngine
-from shoplens.serve.batching import BatchingEncoder
+from shoplens.serve.batching import BatchingEncoder, BatchingIndex
 from shoplens.serve.keys import KeyStore
+from shoplens.serve.limits import api_key_from, install_edge, install_limits, read_upload
 from shoplens.serve.metrics import Metrics
 from shoplens.serve.schemas import (
     CompleteTheLookResponse,
@@ -53,7 +54,7 @@ from shoplens.training.tracking import ModelVersionInfo
 
 log = logging.getLogger("shoplens.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 
 
@@ -177,6 +178,14 @@ class ServiceState:
             for build in (engine.image_build, engine.text_build):
                 if build is not None and hasattr(build.index, "_index"):  # a FAISS index
                     build.index = _ThreadLimitedIndex(build.index, settings.faiss_threads)
+        if settings.batching:  # concurrent single-query searches share one index pass
+            for build in (engine.image_build, engine.text_build):
+                if build is not None:
+                    build.index = BatchingIndex(
+                        build.index,
+                        max_batch=settings.batch_max_size,
+                        max_wait_ms=settings.batch_max_wait_ms,
+                    )
         return engine
 
     def _build_index(self, spec: str) -> None:
@@ -208,13 +217,19 @@ class ServiceState:
         )
 
     def _install(
-        self, engine: SearchEngine, info: ModelVersionInfo | None, alias: str | None = None
+        self,
+        engine: SearchEngine,
+        info: ModelVersionInfo | None,
+        alias: str | None = None,
+        *,
+        swap: bool = True,
     ) -> None:
         with self._lock:
             old = self.engine
             self.engine, self.model, self.alias = engine, info, alias
             self.error = self.swap_error = None
-            if old is not None:
+            swap = swap and old is not None
+            if swap:
                 self.swaps += 1
         if self.metrics is not None:
             self.metrics.set_model(
@@ -225,7 +240,7 @@ class ServiceState:
             )
             self.metrics.index_size.set(engine.image_build.index.ntotal)
             self.metrics.ready.set(1)
-            if old is not None:
+            if swap:
                 self.metrics.model_swaps.inc()
         if old is not None:
             # Requests still running with the old engine finish with it: its encoders
@@ -257,6 +272,18 @@ class ServiceState:
                 if str(e) != last:
                     log.exception("checking model %s failed", self.settings.model)
                 last = str(e)
+
+    def reload(self) -> SearchEngine:
+        """Load the served encoder's index from disk again (after ``shoplens index build``).
+
+        The old engine serves until the new one is loaded, as in a model swap.
+        """
+        with self._refresh_lock:
+            current = self.get()
+            spec = f"trained:{self.model.source_dir}" if self.model else current.image_build.encoder
+            engine = self._open_engine(spec)
+            self._install(engine, self.model, self.alias, swap=False)
+        return engine
 
     def close(self) -> None:
         """Stop the watcher and the batchers (at shutdown)."""
@@ -299,6 +326,9 @@ def _close_encoders(engine: SearchEngine) -> None:
         enc = getattr(engine, attr, None)
         if isinstance(enc, BatchingEncoder):
             enc.close()
+    for build in (engine.image_build, getattr(engine, "text_build", None)):
+        if build is not None and isinstance(build.index, BatchingIndex):
+            build.index.close()
 
 
 def _set_threads(settings: ServiceSettings) -> None:
@@ -376,10 +406,7 @@ class RecsState:
 
 def api_key(request: Request) -> str | None:
     """The key from ``Authorization: Bearer <key>`` or ``X-API-Key``."""
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return request.headers.get("x-api-key") or None
+    return api_key_from(request.headers)
 
 
 def require(scope: str, *, optional_setting: str | None = None) -> Any:
@@ -434,7 +461,9 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return respond(request, exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -512,6 +541,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     _install_handlers(app)
 
+    def key_identity(key: str) -> str | None:
+        """Rate-limit identity of a live key (any scope); None: limit by address."""
+        try:
+            return f"key:{app.state.keys.authenticate(key, 'read').id}"
+        except ShoplensError:
+            return None
+
+    def ui_error_page(scope: Any, status: int, message: str) -> Response | None:
+        """The web UI's HTML error page on UI paths; None (a JSON error) elsewhere."""
+        from shoplens.serve.ui import error_page, is_ui_request
+
+        request = Request(scope)
+        return error_page(request, status, message) if is_ui_request(request) else None
+
+    install_limits(app, settings, key_identity, ui_error_page)  # inside `observe`
+
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()
@@ -523,6 +568,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         metrics.latency.labels(request.method, path).observe(seconds)
         response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.2f}"
         return response
+
+    install_edge(app, settings)  # CORS, security headers, trusted proxies: outermost
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -553,18 +600,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     async def _read_search(request: Request) -> tuple[SearchRequest, bytes | None]:
         ctype = request.headers.get("content-type", "")
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:
-            raise PayloadTooLargeError(f"request body over {limit} bytes")
+        limit = settings.max_upload_bytes  # the whole body: RequestSizeLimitMiddleware
         if ctype.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=20)
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
                 raise InvalidInputError("multipart search needs a file field 'image'")
-            data = await upload.read(limit + 1)
-            if len(data) > limit:
-                raise PayloadTooLargeError(f"image upload over {limit} bytes")
+            data = await read_upload(upload, limit, f"image upload over {limit} bytes")
             fields: dict[str, Any] = {}
             for key in ("text", "k", "dedupe", "text_weight", "image_weight", "compose"):
                 if isinstance(form.get(key), str) and form.get(key) != "":
@@ -805,7 +847,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         )
 
     app.state.recs = recs_state
+    from shoplens.serve.admin import router as admin_router  # builds on this module
+    from shoplens.serve.generate_routes import install_generate_routes
     from shoplens.serve.ui import install_ui  # ui.py builds on this module
 
+    app.include_router(admin_router)  # POST /v1/products, model promote, index reload
+    install_generate_routes(app)  # POST /v1/generate and the /generate page
     install_ui(app)  # web pages and /static, after the API routes
     return app

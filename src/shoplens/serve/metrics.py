@@ -70,6 +70,21 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.generate_seconds = Histogram(
+            "shoplens_generate_seconds",
+            "Image generation time (sampling only), by outcome",
+            ["outcome"],
+            registry=self.registry,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.generated_images = Counter(
+            "shoplens_generated_images_total", "Images generated", registry=self.registry
+        )
+
+    def observe_generate(self, outcome: str, seconds: float, images: int) -> None:
+        """One generation request: ``ok``, ``invalid`` or ``busy`` (no slot)."""
+        self.generate_seconds.labels(outcome).observe(seconds)
+        self.generated_images.inc(images)
 
     def observe_encode(self, kind: str, size: int, seconds: float) -> None:
         """One encoder forward pass of ``size`` queries that took ``seconds``."""

@@ -133,3 +133,86 @@ class CompleteTheLookResponse(BaseModel):
     sku: str
     category: str
     groups: list[LookGroup]
+
+
+class ProductIn(BaseModel):
+    """One product to add: like a manifest row, with its photo as a URL or base64 bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sku: str = Field(..., min_length=1, max_length=128)
+    title: str = Field(..., min_length=1, max_length=10_000)
+    category: str = Field(..., min_length=1, max_length=10_000)
+    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    image: str | None = Field(
+        None, max_length=10_000, description="http(s) URL of the photo (public hosts only)."
+    )
+    image_base64: str | None = Field(None, description="The photo's file, base64-encoded.")
+
+
+class ProductsRequest(BaseModel):
+    """Products to add to (or update in) the served catalogue (needs a write key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    products: list[dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description="Products with sku, title, category, optional attributes, and exactly "
+        "one of image (an http(s) URL) or image_base64.",
+        examples=[
+            [
+                {
+                    "sku": "shoe-1",
+                    "title": "Red running shoe",
+                    "category": "Shoes",
+                    "attributes": {"color": "red"},
+                    "image": "https://example.com/shoe-1.jpg",
+                }
+            ]
+        ],
+    )
+    strict: bool = Field(
+        True, description="Store nothing when any product is rejected (false: store the rest)."
+    )
+
+
+class ProductRejection(BaseModel):
+    position: int = Field(description="0-based position in 'products'.")
+    sku: str | None = None
+    reason: str
+
+
+class ProductsResponse(BaseModel):
+    catalog: str
+    added: int
+    updated: int
+    unchanged: int
+    total: int = Field(description="Products in the catalogue now.")
+    rejected: list[ProductRejection]
+    indexed: bool = Field(
+        description="False: new products are stored but not searchable until the index is "
+        "rebuilt ('shoplens index build') and reloaded (POST /v1/index/reload)."
+    )
+    message: str
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(..., ge=1, description="Registered version to point the alias at.")
+
+
+class PromoteResponse(BaseModel):
+    name: str
+    alias: str
+    previous_version: str | None
+    version: str
+    run_id: str | None
+
+
+class ReloadResponse(BaseModel):
+    catalog: str
+    encoder: str
+    vectors: int
+    stale_index: bool

@@ -2,8 +2,10 @@
 
 Starts the service in a background thread, on ``--catalog`` or on a small sample catalogue
 that it draws and indexes in a temporary ``SHOPLENS_HOME``, opens Debian's Chromium through
-Playwright and writes desktop, dark-mode and 320 px wide screenshots of the home, results and
-product pages as palette PNGs under :data:`MAX_PNG_BYTES`.
+Playwright and writes desktop, dark-mode and 320 px wide screenshots of the home, results,
+product, customer and generate pages as palette PNGs under :data:`MAX_PNG_BYTES`. The
+generate page shows generated images when ``--generator`` (or the service's default model)
+can be loaded, made with a temporary write key; else it shows how to set generation up.
 
 The server and browser helpers (:func:`serve_in_thread`, :func:`launch_chromium`) are shared
 with the browser tests.
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ CHROMIUM_ARGS = [
 ]
 MAX_PNG_BYTES = 150_000
 SAMPLE_CATALOG = "ui-sample"
+GENERATE_TIMEOUT_MS = 300_000  # generating the page's images on a busy CPU
 
 
 @dataclass(frozen=True)
@@ -237,8 +240,15 @@ def small_png(data: bytes, limit: int = MAX_PNG_BYTES) -> bytes:
     return out
 
 
-def capture(browser: Browser, base_url: str, pages: dict[str, str], out_dir: Path) -> list[Path]:
-    """Screenshot every page in every :data:`MODES`; return the files written."""
+def capture(
+    browser: Browser,
+    base_url: str,
+    pages: dict[str, str],
+    out_dir: Path,
+    forms: dict[str, Callable[[Page], None]] | None = None,
+) -> list[Path]:
+    """Screenshot every page in every :data:`MODES` (``forms[name]`` fills and submits
+    the page's form first); return the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for mode_name, mode in MODES.items():
@@ -250,6 +260,8 @@ def capture(browser: Browser, base_url: str, pages: dict[str, str], out_dir: Pat
         page = context.new_page()
         for page_name, path in pages.items():
             page.goto(base_url + path, wait_until="load")
+            if forms and page_name in forms:
+                forms[page_name](page)
             load_all_images(page)
             path_out = out_dir / f"{page_name}-{mode_name}.png"
             path_out.write_bytes(small_png(page.screenshot(full_page=True)))
@@ -258,15 +270,44 @@ def capture(browser: Browser, base_url: str, pages: dict[str, str], out_dir: Pat
     return written
 
 
-def take_screenshots(catalog: str, out_dir: Path, query: str) -> list[Path]:
-    """Serve ``catalog`` and capture the home, results and product pages."""
+@contextmanager
+def generate_form(app: FastAPI) -> Iterator[dict[str, Callable[[Page], None]]]:
+    """When ``app`` can generate: a filler of the /generate form with a temporary write key
+    (revoked afterwards). Else nothing: the page shows how to set generation up."""
+    from shoplens.serve.generate_routes import NoGeneratorError
+
+    try:
+        category = app.state.generate.generator().categories[0]
+    except NoGeneratorError:
+        yield {}
+        return
+    record, key = app.state.keys.create("write", "screenshots (temporary)")
+
+    def fill(page: Page) -> None:
+        page.select_option("#category", category)
+        page.fill("#api_key", key)
+        with page.expect_navigation(timeout=GENERATE_TIMEOUT_MS):
+            page.click("form[action='/generate'] button[type=submit]", no_wait_after=True)
+
+    try:
+        yield {"generate": fill}
+    finally:
+        app.state.keys.revoke(record.id)
+
+
+def take_screenshots(
+    catalog: str, out_dir: Path, query: str, generator: str | None = None
+) -> list[Path]:
+    """Serve ``catalog`` and capture the home, results, product, customer and generate
+    pages (generated images when ``generator``, a model spec, can be loaded)."""
     from urllib.parse import quote, urlencode
 
     from playwright.sync_api import sync_playwright
 
     from shoplens.serve import ServiceSettings, create_app
 
-    app = create_app(ServiceSettings(catalog=catalog, load_in_background=False))
+    settings = ServiceSettings(catalog=catalog, load_in_background=False, generator=generator)
+    app = create_app(settings)
     with serve_in_thread(app) as url, sync_playwright() as pw:
         browser = launch_chromium(pw)
         try:
@@ -281,7 +322,9 @@ def take_screenshots(catalog: str, out_dir: Path, query: str) -> list[Path]:
             customer = _a_customer(catalog)
             if customer:
                 pages["customer"] = "/customers/" + quote(customer, safe="")
-            return capture(browser, url, pages, out_dir)
+            pages["generate"] = "/generate"
+            with generate_form(app) as forms:
+                return capture(browser, url, pages, out_dir, forms)
         finally:
             browser.close()
 
@@ -296,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         "--catalog", help="catalogue in SHOPLENS_HOME (default: build a small sample one)"
     )
     parser.add_argument("--query", help="text search to show (default: the first category)")
+    parser.add_argument(
+        "--generator", help="diffusion model spec for the generate page (default: the service's)"
+    )
     args = parser.parse_args(argv)
     try:
         import playwright  # noqa: F401
@@ -304,10 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.catalog:
-            paths = _run(args.catalog, args.out_dir, args.query)
+            paths = _run(args.catalog, args.out_dir, args.query, args.generator)
         else:
             with temporary_home():
-                paths = _run(build_sample_catalog(), args.out_dir, args.query or "blue")
+                sample = build_sample_catalog()
+                paths = _run(sample, args.out_dir, args.query or "blue", args.generator)
     except ShoplensError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2
@@ -316,12 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(catalog: str, out_dir: Path, query: str | None) -> list[Path]:
+def _run(
+    catalog: str, out_dir: Path, query: str | None, generator: str | None = None
+) -> list[Path]:
     from shoplens.catalog.store import Catalog
 
     with Catalog.open(catalog) as cat:  # a clear error for an unknown catalogue
         query = query or next(iter(cat.categories()), "")
-    return take_screenshots(catalog, out_dir, query)
+    return take_screenshots(catalog, out_dir, query, generator)
 
 
 if __name__ == "__main__":

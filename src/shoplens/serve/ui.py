@@ -39,6 +39,7 @@ from shoplens.errors import (
 )
 from shoplens.search.engine import MAX_QUERY_CHARS, Filters, Hit, SearchEngine
 from shoplens.serve.app import Engine, parse_attr_params
+from shoplens.serve.limits import read_upload
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 24
@@ -63,7 +64,11 @@ class NavLink:
 
 
 #: Main navigation; later pages (personalization, generation) append their entry here.
-NAV: list[NavLink] = [NavLink("Search", "/"), NavLink("Customers", "/customers")]
+NAV: list[NavLink] = [
+    NavLink("Search", "/"),
+    NavLink("Customers", "/customers"),
+    NavLink("Generate", "/generate"),
+]
 
 
 class ProductLike(Protocol):
@@ -180,6 +185,9 @@ ERROR_COPY: dict[int, tuple[str, str]] = {
     405: ("That action is not possible here", "Go back to the search page and try again."),
     409: ("Search is not set up yet", "Ask the shop owner to build the catalogue's index."),
     413: ("That file is too large", "Choose a smaller photo and try again."),
+    414: ("That search is too long", "Use fewer words and try again."),
+    429: ("Too many requests", "Wait a few seconds, then try again."),
+    431: ("That request did not work", "Clear this site's cookies, then try again."),
     422: ("That request did not work", "Check what you typed and try again."),
     503: ("The catalogue is still loading", "Wait a few seconds, then try again."),
 }
@@ -314,22 +322,17 @@ def search_words(
     return _search_page(request, engine, query, hits=_run_search(request, engine, query, None))
 
 
-async def _drain(request: Request, cap: int) -> None:
-    """Read and drop up to ``cap`` body bytes, so a browser sees the answer to its upload."""
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > cap:
-            break
-
-
 async def _read_photo_form(request: Request, limit: int) -> tuple[SearchQuery, bytes]:
-    """The photo form's fields and the photo's bytes (PayloadTooLargeError over ``limit``)."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit + 64 * 1024:
-        await _drain(request, 4 * limit)
-        raise PayloadTooLargeError(f"The photo is over the limit of {human_bytes(limit)}.")
-    form = await request.form(max_files=1, max_fields=10)
+    """The photo form's fields and the photo's bytes (PayloadTooLargeError over ``limit``).
+
+    A body far over the limit is stopped by ``RequestSizeLimitMiddleware`` (which also
+    reads and drops the rest, so the browser sees this page); the photo itself here.
+    """
+    too_large = f"The photo is over the limit of {human_bytes(limit)}."
+    try:
+        form = await request.form(max_files=1, max_fields=10)
+    except PayloadTooLargeError:
+        raise PayloadTooLargeError(too_large) from None
     text, category = form.get("q"), form.get("category")
     query = SearchQuery(
         text.strip() if isinstance(text, str) else "",
@@ -337,9 +340,7 @@ async def _read_photo_form(request: Request, limit: int) -> tuple[SearchQuery, b
         photo=True,
     )
     upload = form.get("image")
-    data = await upload.read(limit + 1) if isinstance(upload, UploadFile) else b""
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"The photo is over the limit of {human_bytes(limit)}.")
+    data = await read_upload(upload, limit, too_large) if isinstance(upload, UploadFile) else b""
     return query, data
 
 

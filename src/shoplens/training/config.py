@@ -26,6 +26,7 @@ class TrainConfig:
 
     epochs: int = 10
     max_steps: int | None = None  # stop after this many steps (the schedule spans them)
+    max_minutes: float | None = None  # wall-clock budget: stop cleanly (checkpoint, model)
     batch_size: int = 64
     drop_last: bool = False  # drop the last, smaller batch of each epoch
     lr: float = 1e-3
@@ -54,6 +55,8 @@ class TrainConfig:
         for key in ("max_steps", "checkpoint_every_steps"):
             if getattr(self, key) is not None:
                 _check_range(key, getattr(self, key), low=1)
+        if self.max_minutes is not None:
+            _check_range("max_minutes", self.max_minutes, low=0.0, low_open=True)
         _check_range("warmup_steps", self.warmup_steps, low=0)
         _check_range("num_workers", self.num_workers, low=0)
         _check_range("lr", self.lr, low=0.0, low_open=True)

@@ -13,7 +13,9 @@ The family of the model decides the data: a ``classifier`` learns category label
 (and attributes of a catalogue), a ``clip`` model learns from product texts (titles,
 categories, attributes phrased many ways; on Fashion-MNIST they come from the labels,
 so text results are in-domain), a ``combiner`` learns composed queries over the
-embeddings of a trained ``clip`` model (``data.base_model``).
+embeddings of a trained ``clip`` model (``data.base_model``), a ``diffusion`` model learns
+to generate product images conditioned on category, text and customer taste embedded by a
+CLIP-style model (``data.cond_encoder``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class DataConfig:
     image_size: int = 28  # catalogue images are resized to this (Fashion-MNIST is 28)
     eval_items: int = 2000  # validation items scored at epoch ends
     base_model: str | None = None  # combiner: folder of the trained clip model
+    cond_encoder: str | None = None  # diffusion: CLIP-style encoder spec or NAME@ALIAS
 
 
 @dataclass
@@ -337,6 +340,27 @@ def _combiner_eval(val: Any) -> Any:
     return evaluate
 
 
+def _diffusion(cfg: ExperimentConfig, run_dir: Path) -> tuple[Dataset[Any], torch.nn.Module]:
+    """Fashion-MNIST training images with phrasings and taste vectors embedded by the
+    conditioning encoder (``data.cond_encoder``, image embeddings cached in the run folder)."""
+    from shoplens.data import fashion_mnist
+    from shoplens.models.diffusion import prepare_diffusion_data, resolve_cond_encoder
+    from shoplens.registry import create_model, get_encoder
+
+    if cfg.data.source != "fashion-mnist":
+        raise InvalidInputError("diffusion training supports data.source=fashion-mnist for now")
+    spec = resolve_cond_encoder(cfg.data.cond_encoder)
+    encoder = get_encoder(spec)
+    data = fashion_mnist.load_fashion_mnist("train")
+    n = len(data.labels) if cfg.data.limit is None else min(cfg.data.limit, len(data.labels))
+    classes = fashion_mnist.CLASSES
+    train = prepare_diffusion_data(
+        data.images[:n], data.labels[:n], classes, encoder, cache_dir=run_dir, seed=cfg.train.seed
+    )
+    overrides = {"cond_encoder": spec, "embed_dim": encoder.dim, "class_names": list(classes)}
+    return train, create_model(cfg.model, **{**overrides, **cfg.model_overrides})
+
+
 # ---- the run ----------------------------------------------------------------------------
 
 
@@ -374,6 +398,9 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True) -> ExperimentR
         model = build_model(cfg, ())
         eval_fn = _combiner_eval(val_triplets)
         collate = None
+    elif family == "diffusion":
+        train, model = _diffusion(cfg, run_dir)
+        eval_fn, collate = None, None
     else:
         data = load_data(cfg, family)
         model = build_model(cfg, data.classes, data.attributes)

@@ -185,11 +185,15 @@ class _Trainer:
         self.pos = _Position()
         self.rng_to_restore: dict[str, Any] | None = None
         self.samples = 0
+        self.deadline: float | None = None  # perf_counter() at which cfg.max_minutes ends
+        self.time_up = False
 
     # -- the loop ------------------------------------------------------------------------
 
     def run(self, run_config: Any) -> TrainResult:
         start = time.perf_counter()
+        if self.cfg.max_minutes is not None:
+            self.deadline = start + 60.0 * self.cfg.max_minutes
         if self.info.is_main:
             save_config(run_config, self.run_dir / "config.yaml")
         params = flatten(config_to_dict(run_config))
@@ -197,7 +201,7 @@ class _Trainer:
         try:
             with progress.task("train", total=self.total_steps) as advance:
                 advance(self.pos.step)
-                while self.pos.step < self.total_steps:
+                while self.pos.step < self.total_steps and not self.time_up:
                     self._train_epoch(advance)
             model_dir = self._write_outputs()
         except BaseException as e:
@@ -238,9 +242,9 @@ class _Trainer:
                 self._optimizer_step(acc)
                 acc = {}
                 advance(1)
-                if pos.step >= self.total_steps:
+                if pos.step >= self.total_steps or self._out_of_time():
                     break
-        if pos.step < self.total_steps and pos.batch < self.batches_per_epoch:
+        if pos.step < self.total_steps and pos.batch < self.batches_per_epoch and not self.time_up:
             raise TrainingError(
                 f"the DataLoader gave {pos.batch} batches in epoch {pos.epoch + 1}, "
                 f"but its len() is {self.batches_per_epoch}"
@@ -297,13 +301,28 @@ class _Trainer:
         pos = self.pos
         row: dict[str, float] = {"epoch": pos.epoch + 1, "step": pos.step}
         row.update({f"train/{k}": v / max(1, pos.count) for k, v in pos.sums.items()})
-        if pos.step >= self.total_steps or (pos.epoch + 1) % self.cfg.eval_every_epochs == 0:
+        last = pos.step >= self.total_steps or self.time_up
+        if last or (pos.epoch + 1) % self.cfg.eval_every_epochs == 0:
             row.update({f"eval/{k}": v for k, v in self._evaluate().items()})
         pos.history.append(row)
         self._log({k: v for k, v in row.items() if k != "step"})
         if complete:
             pos.epoch, pos.batch, pos.sums, pos.count = pos.epoch + 1, 0, {}, 0
         self._save()
+
+    def _out_of_time(self) -> bool:
+        """True (and from then on) once ``cfg.max_minutes`` of this call have passed; a
+        late rank stops every rank at the same step."""
+        if self.deadline is None or self.time_up:
+            return self.time_up
+        late = torch.tensor([float(time.perf_counter() >= self.deadline)], device=self.info.device)
+        if float(distributed.mean_over_ranks(late, self.info)) > 0:
+            self.time_up = True
+            logger.info(
+                "train.max_minutes=%s reached at step %d/%d: stopping",
+                self.cfg.max_minutes, self.pos.step, self.total_steps,
+            )  # fmt: skip
+        return self.time_up
 
     def _evaluate(self) -> dict[str, float]:
         if self.eval_fn is None or not self.info.is_main:
