@@ -131,6 +131,13 @@ def test_parse_timestamp_is_finite_or_an_input_error(value: Any) -> None:
     assert math.isfinite(ts) and 0 <= ts <= NOW + MAX_CLOCK_SKEW_S
 
 
+def test_iso_dates_are_never_read_as_milliseconds() -> None:
+    assert parse_timestamp("2026-01-01T00:00:00Z", now=NOW) == NOW
+    with pytest.raises(InvalidInputError, match="future"):  # year 9999, not 1970
+        parse_timestamp("9999-12-31T23:59:59-14:00", now=NOW)
+    assert parse_timestamp(NOW * 1000, now=NOW) == NOW  # numbers may be milliseconds
+
+
 @FUZZ
 @given(raw=st.dictionaries(
     st.sampled_from(["event_id", "customer_id", "sku", "type", "timestamp", "simulated"]),
