@@ -72,6 +72,15 @@ def test_events_validated_idempotent_then_recommendations(service: Any) -> None:
         assert r.json()["accepted"] == len(events) and r.json()["rejected_count"] == 0
         r = _post(client, write_key, events)  # replay: nothing new
         assert r.json()["accepted"] == 0 and r.json()["duplicates"] == len(events)
+        # a client retrying after a crash, with one bad event added: its stored events are
+        # acknowledged (200 with the reject listed), not refused
+        odd = {"event_id": "odd", "customer_id": "c0", "sku": "NOPE", "type": "view"}
+        r = _post(client, write_key, [*events[:3], {**odd, "timestamp": T0}])
+        assert r.status_code == 200, r.text
+        assert (r.json()["duplicates"], r.json()["rejected_count"]) == (3, 1)
+        strict = {"events": [*events[:3], {**odd, "timestamp": T0}], "strict": True}
+        r = client.post("/v1/events", json=strict, headers={"X-API-Key": write_key})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"  # strict
 
         bad = [
             {"event_id": "b1", "customer_id": "c0", "sku": "NOPE", "type": "view", "timestamp": T0},

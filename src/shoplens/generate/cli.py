@@ -55,15 +55,13 @@ def load_generator(spec: str | None) -> Generator:
 def customer_taste(catalog_name: str, customer: str, cond_encoder: str) -> np.ndarray:
     """(E,) the customer's taste: their history items' images embedded by the conditioning
     encoder, pooled by recency and event type (``personalize.customer.pool_customer``)."""
-    import numpy as np
 
     from shoplens.catalog.store import Catalog
     from shoplens.errors import InvalidInputError, NotFoundError
     from shoplens.personalize.customer import pool_customer
     from shoplens.personalize.events import EventStore
+    from shoplens.personalize.items import encoded_item_space
     from shoplens.personalize.service import history_of
-    from shoplens.personalize.types import ItemSpace
-    from shoplens.registry import get_encoder
 
     if not customer.strip() or len(customer) > 128:
         raise InvalidInputError("customer id must be 1 to 128 characters")
@@ -82,15 +80,7 @@ def customer_taste(catalog_name: str, customer: str, cond_encoder: str) -> np.nd
                 continue  # deleted since the event
         if not products:
             raise InvalidInputError(f"customer {customer!r} has no events on current products")
-        emb = get_encoder(cond_encoder).encode_images([catalog.load_image(p) for p in products])
-    items = ItemSpace(
-        ids=np.array([p.id for p in products], dtype=np.int64),
-        skus=[p.sku for p in products],
-        categories=np.zeros(len(products), dtype=np.int64),
-        category_names=["all"],
-        image=np.asarray(emb, dtype=np.float32),
-        encoder=cond_encoder,
-    )
+        items = encoded_item_space(catalog, products, cond_encoder)
     return pool_customer([history_of(events, items)], items, use_text=False)[0]
 
 

@@ -32,9 +32,9 @@ def customer_tastes(
     """
     from shoplens.personalize.customer import pool_customer
     from shoplens.personalize.events import EventStore
+    from shoplens.personalize.items import encoded_item_space
     from shoplens.personalize.service import history_of
-    from shoplens.personalize.types import EVENT_WEIGHTS, ItemSpace
-    from shoplens.registry import get_encoder
+    from shoplens.personalize.types import EVENT_WEIGHTS
 
     with EventStore.open(catalog) as store:
         events = {c: store.customer_events(c, limit=HISTORY_LIMIT) for c in customer_ids}
@@ -47,15 +47,7 @@ def customer_tastes(
     if not products:
         raise InvalidInputError("the customers have no events on current products")
     prods = list(products.values())
-    emb = get_encoder(encoder).encode_images([catalog.load_image(p) for p in prods])  # (P, E)
-    items = ItemSpace(
-        ids=np.array([p.id for p in prods], dtype=np.int64),
-        skus=[p.sku for p in prods],
-        categories=np.zeros(len(prods), dtype=np.int64),
-        category_names=["all"],
-        image=np.asarray(emb, dtype=np.float32),
-        encoder=encoder,
-    )
+    items = encoded_item_space(catalog, prods, encoder)
     histories = [history_of(events[c], items) for c in customer_ids]
     tastes = pool_customer(histories, items, use_text=False)  # (B, E)
     top: list[str] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shoplens.catalog.store import Catalog
+from shoplens.catalog.store import Catalog, Product
 from shoplens.errors import NotReadyError
 from shoplens.index.build import default_image_encoder, default_text_encoder, text_index_name
 from shoplens.index.store import load_build
@@ -45,4 +45,20 @@ def item_space(catalog: Catalog, encoder: str | None = None, text: bool = True) 
         image=image,
         text=text_emb,
         encoder=build.encoder,
+    )
+
+
+def encoded_item_space(catalog: Catalog, products: list[Product], encoder: str) -> ItemSpace:
+    """An :class:`ItemSpace` of ``products`` embedded now by ``encoder`` (one category),
+    for pooling customers in another encoder's space than the catalogue index's."""
+    from shoplens.registry import get_encoder
+
+    emb = get_encoder(encoder).encode_images([catalog.load_image(p) for p in products])  # (P, E)
+    return ItemSpace(
+        ids=np.array([p.id for p in products], dtype=np.int64),
+        skus=[p.sku for p in products],
+        categories=np.zeros(len(products), dtype=np.int64),
+        category_names=["all"],
+        image=np.asarray(emb, dtype=np.float32),
+        encoder=encoder,
     )

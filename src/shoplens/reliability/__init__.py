@@ -1,4 +1,5 @@
-"""Reliability harnesses: crash consistency under SIGKILL (:mod:`shoplens.reliability.crash`)."""
+"""Reliability harnesses: crash consistency under SIGKILL (:mod:`shoplens.reliability.crash`),
+hostile-input corpora (the ``hostile*`` modules)."""
 
 from shoplens.reliability.crash import (
     JOBS,

@@ -788,7 +788,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         metrics.events.labels("accepted").inc(report.accepted)
         metrics.events.labels("duplicate").inc(report.duplicates)
         metrics.events.labels("rejected").inc(report.rejected_count)
-        if report.accepted == 0 and report.rejected_count > 0:
+        # 422 when the request stored nothing and had bad events; a retry whose good events
+        # were all stored before (duplicates) is answered 200 with the rejects listed
+        nothing = report.accepted == 0 and (req.strict or report.duplicates == 0)
+        if nothing and report.rejected_count > 0:
             first = report.rejected[0]
             msg = f"no event stored: event {first.position}: {first.reason}"
             return JSONResponse(
