@@ -77,11 +77,7 @@ Row = dict[str, Any]
 def service(catalog: str, env: dict[str, str], timeout: float = 600) -> Iterator[str]:
     """The service (as ``shoplens serve`` runs it) in a subprocess; yields its URL once
     /readyz is 200. Settings other than the catalogue come from ``env``."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = common.free_port()
     cmd = [sys.executable, "-c", LAUNCH, catalog, str(port)]
     proc = subprocess.Popen(
         cmd,
@@ -96,19 +92,9 @@ def service(catalog: str, env: dict[str, str], timeout: float = 600) -> Iterator
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"the service exited: {err[-2000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready")
-            time.sleep(0.5)
+        common.wait_ready(
+            proc, base, timeout, lambda: proc.stderr.read().decode() if proc.stderr else ""
+        )
         yield base
     finally:
         proc.terminate()

@@ -100,11 +100,7 @@ def server(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``shoplens serve`` in a subprocess, its output in ``log_path``; yields (base URL,
     process) once /readyz is 200."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = common.free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [SHOPLENS, "serve", "--catalog", catalog, "--port", str(port)],
@@ -115,18 +111,7 @@ def server(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready")
-            time.sleep(0.3)
+        common.wait_ready(proc, base, 600, log_path.read_text, poll_s=0.3)
         yield base, proc
     finally:
         if proc.poll() is None:

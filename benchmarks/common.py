@@ -12,9 +12,12 @@ import contextlib
 import datetime as dt
 import json
 import os
+import socket
+import subprocess
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +171,36 @@ def new_figure(width: float = 6.4, height: float = 4.0) -> tuple[Any, Any]:
     import matplotlib.pyplot as plt
 
     return plt.subplots(figsize=(width, height))
+
+
+# ---- a service under test ----
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    base: str,
+    timeout: float,
+    output: Callable[[], str],
+    poll_s: float = 0.5,
+) -> None:
+    """Wait until ``base``/readyz answers 200; RuntimeError (with the tail of
+    ``output()``) when the process exits first, or after ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited: {output()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not become ready")
+        time.sleep(poll_s)
