@@ -38,6 +38,22 @@ def assert_error(resp: Any, status: int, code: str | None = None) -> None:
 SHOPLENS = str(Path(sys.executable).parent / "shoplens")
 
 
+def auth(key: str) -> dict[str, str]:
+    """The Authorization header carrying API key ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def make_client(catalog: str, **settings: Any) -> Any:
+    """A TestClient of the service for ``catalog``, loaded at start-up, with ``settings``."""
+    from fastapi.testclient import TestClient
+
+    from shoplens.serve import ServiceSettings, create_app
+
+    return TestClient(
+        create_app(ServiceSettings(catalog=catalog, load_in_background=False, **settings))
+    )
+
+
 def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the installed ``shoplens`` CLI with ``SHOPLENS_HOME=home`` and no stdin."""
     env = {**os.environ, "SHOPLENS_HOME": str(home)}

@@ -16,11 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shoplens.catalog.store import Catalog
-from shoplens.serve import ServiceSettings, create_app
+from shoplens.serve import ServiceSettings
 from shoplens.serve.keys import KeyStore
 
 from ..conftest import write_catalog
-from ..helpers import assert_error, png_bytes
+from ..helpers import assert_error, auth, make_client, png_bytes
 
 CATALOG = "access-tiny"
 MODEL = "access-model"
@@ -35,16 +35,6 @@ def keys(session_home: Path) -> dict[str, str]:
     out["admin"] = store.create("admin", "access admin")[1]
     store.close()
     return out
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def make_client(catalog: str, **settings: Any) -> TestClient:
-    return TestClient(
-        create_app(ServiceSettings(catalog=catalog, load_in_background=False, **settings))
-    )
 
 
 @pytest.fixture(scope="module")

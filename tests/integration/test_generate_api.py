@@ -19,11 +19,10 @@ from PIL import Image
 from shoplens.catalog.ingest import ingest_manifest
 from shoplens.catalog.store import Catalog
 from shoplens.personalize.events import EventStore
-from shoplens.serve import ServiceSettings, create_app
 from shoplens.serve.keys import KeyStore
 
 from ..conftest import PER_CATEGORY, write_catalog
-from ..helpers import assert_error, outfit_events, tiny_generator
+from ..helpers import assert_error, auth, make_client, outfit_events, tiny_generator
 from .test_ui_pages import field_error, page_of
 
 CATALOG = "gen-shop"
@@ -50,16 +49,6 @@ def keys(session_home: Path) -> dict[str, str]:
     out = {scope: store.create(scope, f"generate {scope}")[1] for scope in ("read", "write")}
     store.close()
     return out
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def make_client(catalog: str, **settings: Any) -> TestClient:
-    return TestClient(
-        create_app(ServiceSettings(catalog=catalog, load_in_background=False, **settings))
-    )
 
 
 @pytest.fixture(scope="module")
