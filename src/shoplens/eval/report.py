@@ -71,6 +71,17 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def json_default(x: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays in run results."""
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-able: {type(x)}")
+
+
 def cpu_cores() -> int:
     """CPU cores this process may run on."""
     try:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from shoplens.config import atomic_write, shoplens_home
+from shoplens.eval.report import json_default
 from shoplens.eval.results_md import GEN_HEADING as HEADING
 
 if TYPE_CHECKING:
@@ -147,14 +148,6 @@ def speed_summary(path: Path | None) -> dict[str, Any]:
     }
 
 
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON-able: {type(x)}")
-
-
 def run_generate_eval(
     generator: Generator,
     *,
@@ -191,7 +184,7 @@ def run_generate_eval(
     if results_md is not None:
         out["meta"]["results_md"] = str(results_md)
     with atomic_write(path) as f:
-        f.write(json.dumps(out, indent=2, default=_json_default).encode())
+        f.write(json.dumps(out, indent=2, default=json_default).encode())
     if results_md is not None:
         update_results_md(Path(results_md), out)
     return out

@@ -16,11 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shoplens.catalog.store import Catalog
 from shoplens.config import atomic_write, config_to_dict, shoplens_home
-from shoplens.eval.report import cpu_cores, git_commit
+from shoplens.eval.report import cpu_cores, git_commit, json_default
 from shoplens.eval.results_md import RECS_HEADING as HEADING
 from shoplens.personalize.evaluate import evaluate, ratio_table, temporal_split
 from shoplens.personalize.items import item_space
@@ -148,20 +146,12 @@ def run_recs_eval(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"recs-{catalog.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     with atomic_write(path) as f:
-        f.write(json.dumps(out, indent=2, default=_json_default).encode())
+        f.write(json.dumps(out, indent=2, default=json_default).encode())
     meta["json"] = str(path)
     if results_md is not None:
         update_results_md(results_md, out)
         meta["results_md"] = str(results_md)
     return out
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON-able: {type(x)}")
 
 
 def summary_lines(out: dict[str, Any]) -> list[str]:
