@@ -78,7 +78,7 @@ def test_numpy_results_are_split_by_row() -> None:
 
 def test_max_batch_bounds_every_call() -> None:
     fn, calls = recording(lambda xs: xs, delay=0.01)
-    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=3, max_wait_ms=50)
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=3, max_wait_ms=50, workers=1)
     futures = [b.submit(i) for i in range(10)]
     assert [f.result(timeout=10) for f in futures] == list(range(10))
     b.close()
@@ -168,6 +168,33 @@ def test_bad_settings_are_refused() -> None:
         MicroBatcher(lambda xs: xs, max_batch=0)
     with pytest.raises(InvalidInputError):
         MicroBatcher(lambda xs: xs, max_wait_ms=-1)
+    with pytest.raises(InvalidInputError):
+        MicroBatcher(lambda xs: xs, workers=0)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_at_most_workers_calls_run_at_once_and_all_of_them_are_used(workers: int) -> None:
+    lock = threading.Lock()
+    running = peak = 0
+
+    def fn(xs: list[int]) -> list[int]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)  # the forward pass (releases the GIL, as torch does)
+        with lock:
+            running -= 1
+        return [x + 1 for x in xs]
+
+    b: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=4, max_wait_ms=1, workers=workers)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda x: b.call(x) if x % 2 else b.submit(x).result(), range(96)))
+    finally:
+        b.close()
+    assert got == [x + 1 for x in range(96)]
+    assert peak == workers  # inline calls and worker batches together never exceed it
 
 
 # ---- BatchingEncoder ------------------------------------------------------------------------

@@ -316,3 +316,41 @@ def test_fused_requires_fit() -> None:
         FusedRanker(retrievers={"nope": 10})
     with pytest.raises(InvalidInputError):
         SequentialRecommender().recommend([History.empty()], 5)
+
+
+def test_ann_candidates_agree_with_the_exact_scans_and_do_not_pickle(
+    world: tuple[ItemSpace, Split], fused: FusedRanker
+) -> None:
+    from shoplens.personalize.ann import ItemANN, recall_vs_exact
+
+    _, split = world
+    hs = [h for h in split.histories if len(h)][:40]
+    als = fused.retrievers["als"]
+    # ALS scores of candidates without a full scan equal the full scan's
+    cand = fused.candidates(hs[:5]).items
+    want = np.take_along_axis(als.score_all(hs[:5]), np.maximum(cand, 0), axis=1)
+    got = als.score_items(hs[:5], cand)
+    finite = cand >= 0
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+    assert np.isnan(got[~finite]).all()
+    # an IVF index over one retriever's items finds its exact top items
+    vectors, valid = fused.retrievers["sequential"].ann_vectors()
+    ann = ItemANN(vectors, valid, nlist=8, nprobe=4)
+    queries = fused.retrievers["sequential"].ann_queries(hs)
+    assert recall_vs_exact(ann, vectors, queries, 10) >= 0.9
+    idx, _ = ann.search(queries[:1], 10, [hs[0].items])
+    assert not np.isin(idx[0], hs[0].items).any() and (idx[0] >= 0).all()
+    # the service's ANN candidates give nearly the exact recommendations
+    exact, _ = fused.recommend(hs, 10)
+    assert fused.enable_ann(min_items=10**9) is False  # small catalogues stay exact
+    assert fused.enable_ann(min_items=0, wait=True) is True
+    try:
+        approx, _ = fused.recommend(hs, 10)
+        clone = pickle.loads(pickle.dumps(fused))
+    finally:
+        fused.__dict__.pop("_ann", None)
+    assert "_ann" not in clone.__dict__
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])
+    assert overlap >= 0.8, overlap
+    for h, row in zip(hs, approx, strict=True):
+        assert not np.isin(row, h.items).any() and len(set(row.tolist())) == 10

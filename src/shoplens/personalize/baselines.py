@@ -471,6 +471,29 @@ class ALS(ScoringRecommender):
             u = self.model.recalculate_user(np.arange(len(histories)), x)
         return np.asarray(u, dtype=np.float32).reshape(len(histories), -1)
 
+    def ann_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, F) item factors and the (N,) items ALS can rank (for ANN candidates)."""
+        return self.item_factors, self.known
+
+    def ann_queries(self, histories: Sequence[History]) -> np.ndarray:
+        """(B, F) query vectors whose inner products with the item factors rank items."""
+        return self.user_factors(histories)
+
+    def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
+        """(B, C) scores of the candidates (as ``score_all`` gives them, -1 -> nan),
+        computed from the candidates' factors only."""
+        self._check_fitted()
+        cand = np.asarray(candidates, dtype=np.int64)
+        if cand.ndim != 2 or cand.shape[0] != len(histories):
+            raise ValueError(f"candidates must be (B, C) with B={len(histories)}, got {cand.shape}")
+        safe = np.maximum(cand, 0)  # (B, C)
+        u = self.user_factors(histories)  # (B, F)
+        out = np.einsum("bcf,bf->bc", self.item_factors[safe], u).astype(np.float32)
+        out += TIE_BREAK * self.prior[safe]
+        out[~self.known[safe]] = -np.inf
+        out[cand < 0] = np.nan
+        return out
+
     def _scores(self, histories: Sequence[History]) -> np.ndarray:
         scores = self.user_factors(histories) @ self.item_factors.T  # (B, N)
         scores += TIE_BREAK * self.prior

@@ -214,7 +214,7 @@ def recommend(
             "--sku needs --complete-the-look (for similar items: shoplens search --sku)"
         )
     with Catalog.open(catalog) as cat:
-        recs = Recommendations(cat)
+        recs = Recommendations(cat, ann=False)  # one answer: no index worth building
         try:
             if customer is not None:
                 out = recs.for_customer(customer, k)

@@ -131,6 +131,15 @@ class ContentRecommender:
         if self.n_items == 0:
             raise RuntimeError("ContentRecommender is not fitted: call fit() first")
 
+    def ann_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, D') content vectors (every item can be ranked), for ANN candidates."""
+        self._fitted()
+        return self.vectors, None
+
+    def ann_queries(self, histories: Sequence[History]) -> np.ndarray:
+        """(B, D') pooled customer embeddings (histories must not be empty)."""
+        return self.customer_vectors(histories)
+
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n_items):
             raise ValueError(f"history item index out of range 0..{self.n_items - 1}")

@@ -335,9 +335,13 @@ class FusedRanker:
         exclude = [np.asarray(h.items, np.int64) for h in histories] if exclude_seen else None
         lists: list[np.ndarray] = []  # per retriever (b, n_r) item indices
         full: dict[str, np.ndarray] = {}  # (b, N) scores of retrievers that give them
+        ann = self.__dict__.get("_ann")
         for name in names:
             rec, k = self.retrievers[name], self.retriever_n[name]
-            if hasattr(rec, "score_all") and name != "popularity":
+            index = ann.get(name) if ann is not None else None
+            if index is not None and all(len(h) for h in histories):
+                idx, _ = index.search(rec.ann_queries(histories), k, exclude)
+            elif hasattr(rec, "score_all") and name != "popularity":
                 scores = rec.score_all(histories)  # (b, N)
                 idx, _ = top_k_rows(scores, k, exclude)
                 full[name] = scores
@@ -620,6 +624,32 @@ class FusedRanker:
         with _PREDICT_LOCK:
             out = self.model.booster_.predict(x, num_threads=self.num_threads)
         return np.asarray(out, np.float32)
+
+    def enable_ann(self, min_items: int | None = None, *, wait: bool = False) -> bool:
+        """Serve candidates from IVF indexes over the retrievers' item vectors (built in
+        a background thread; exact scans answer until they are ready) when the catalogue
+        has at least ``min_items`` items (default :data:`~shoplens.personalize.ann.
+        ANN_MIN_ITEMS`). Returns whether ANN was enabled."""
+        from shoplens.personalize.ann import ANN_MIN_ITEMS, LazyANN
+
+        self._check_fitted()
+        if self.n_items < (ANN_MIN_ITEMS if min_items is None else min_items):
+            return False
+        specs = {
+            name: rec.ann_vectors()
+            for name, rec in self.retrievers.items()
+            if callable(getattr(rec, "ann_vectors", None))
+        }
+        lazy = LazyANN(specs)
+        self.__dict__["_ann"] = lazy
+        if wait:
+            lazy.wait()
+        return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_ann", None)  # serving-time indexes are rebuilt, never pickled
+        return state
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain of each feature in the ranker (``feature_names`` order)."""

@@ -403,6 +403,15 @@ class SequentialRecommender:
             idx[lo : lo + len(chunk)], val[lo : lo + len(chunk)] = top_k_rows(scores, k, exclude)
         return idx, val
 
+    def ann_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, d) item table (every item can be ranked), for ANN candidates."""
+        self._require()
+        return self.item_matrix, None
+
+    def ann_queries(self, histories: Sequence[History]) -> np.ndarray:
+        """(B, d) scaled customer vectors: inner products with the item table = scores."""
+        return self.customer_vectors(histories) * self._require().scale
+
     def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
         """(B, C) int64 candidates (-1 padded) -> (B, C) float32 scores (nan for padding)."""
         cand = np.asarray(candidates, dtype=np.int64)

@@ -127,9 +127,14 @@ class Recommended:
 
 
 class Recommendations:
-    """The current recommender build of a catalogue plus its live events store."""
+    """The current recommender build of a catalogue plus its live events store.
 
-    def __init__(self, catalog: Catalog) -> None:
+    ``ann``: on catalogues of at least :data:`~shoplens.personalize.ann.ANN_MIN_ITEMS`
+    items the ranker's retrievers take their candidates from IVF indexes instead of
+    scanning every item (built in the background; see :mod:`shoplens.personalize.ann`).
+    """
+
+    def __init__(self, catalog: Catalog, *, ann: bool = True) -> None:
         current = recs_root(catalog) / "current"
         if not (current / "bundle.pkl").is_file():
             raise NotReadyError(
@@ -145,6 +150,12 @@ class Recommendations:
         self.items: ItemSpace = bundle["items"]
         self.ranker = bundle["ranker"]
         self.look = bundle["look"]
+        if hasattr(self.ranker, "num_threads"):
+            # requests run in parallel threads: one OpenMP thread per LightGBM call (more
+            # spin-wait on cores that other requests need)
+            self.ranker.num_threads = 1
+        enable = getattr(self.ranker, "enable_ann", None)
+        self.ann = bool(ann and callable(enable) and enable())
         self.events = EventStore.open(catalog)
 
     def close(self) -> None:

@@ -2,10 +2,13 @@
 
 The service answers each request in a thread of Starlette's pool. With batching on, a
 request that needs a query embedding hands its image (or text) to a :class:`MicroBatcher`
-and waits; one worker thread collects what arrives within ``max_wait_ms`` of the oldest
+and waits; a worker thread collects what arrives within ``max_wait_ms`` of the oldest
 waiting item (at most ``max_batch`` items), runs the encoder once on all of them and gives
-every caller its own row. A request that finds the encoder idle runs at once in its own
-thread (no wait, no hand-off); requests that arrive while a forward pass runs are batched.
+every caller its own row. At most ``workers`` forward passes run at once (default: one
+per core, as the service runs torch with one thread per call), so batching never leaves
+a core idle that unbatched requests would have used. A request that finds a free slot
+and nothing queued runs at once in its own thread (no wait, no hand-off); requests that
+arrive while every slot is busy are batched.
 When one item of a batch makes the encoder raise, the items are retried one by one, so
 only the request with the bad item fails.
 
@@ -17,6 +20,7 @@ else, e.g. ``compose`` / ``can_compose``, passes through to the wrapped encoder)
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -52,12 +56,14 @@ class MicroBatcher(Generic[T, R]):
         max_wait_ms: how long the oldest waiting item may wait for company before its
             batch runs (0: run with whatever is queued right now).
         on_batch: called after every successful ``fn`` call with (batch size, seconds).
-        name: the worker thread's name.
+        name: the worker threads' name.
+        workers: at most this many calls of ``fn`` run at once (inline calls included);
+            default one per CPU core.
 
     ``submit(item)`` returns a Future with the item's own result or exception.
-    ``call(item)`` blocks for the result; when the batcher is idle (nothing queued or
-    running) it runs ``fn([item])`` at once in the calling thread, so a lone request
-    pays neither the wait nor a thread hand-off; callers arriving meanwhile are batched.
+    ``call(item)`` blocks for the result; when nothing is queued and a slot is free it
+    runs ``fn([item])`` at once in the calling thread, so a lone request pays neither the
+    wait nor a thread hand-off; callers arriving while every slot is busy are batched.
     ``close()`` runs everything submitted so far, then stops the worker; submitting
     after that raises RuntimeError.
     """
@@ -70,7 +76,11 @@ class MicroBatcher(Generic[T, R]):
         *,
         on_batch: OnBatch | None = None,
         name: str = "shoplens-batcher",
+        workers: int | None = None,
     ) -> None:
+        workers = workers if workers is not None else (os.cpu_count() or 1)
+        if workers < 1:
+            raise InvalidInputError(f"workers must be at least 1, got {workers}")
         if max_batch < 1:
             raise InvalidInputError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -83,9 +93,15 @@ class MicroBatcher(Generic[T, R]):
         self._lock = threading.Lock()
         self._closed = False
         self._queued = 0  # items submitted and not yet taken by the worker
-        self._running = 0  # batches running (the worker's and inline calls)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._running = 0  # batches running (the workers' and inline calls)
+        self.workers = int(workers)
+        self._slots = threading.Semaphore(self.workers)  # calls of fn running at once
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     @property
     def closed(self) -> bool:
@@ -106,7 +122,7 @@ class MicroBatcher(Generic[T, R]):
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the batcher is closed")
-            inline = self._queued == 0 and self._running == 0
+            inline = self._queued == 0 and self._slots.acquire(blocking=False)
             if inline:
                 self._running += 1
         if not inline:
@@ -121,6 +137,7 @@ class MicroBatcher(Generic[T, R]):
         finally:
             with self._lock:
                 self._running -= 1
+            self._slots.release()
 
     def map(self, items: Sequence[T]) -> list[R]:
         """Submit every item and wait for all results (raises the first item's error)."""
@@ -133,9 +150,11 @@ class MicroBatcher(Generic[T, R]):
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+            for _ in self._threads:
+                self._queue.put(_STOP)  # one per worker, after everything queued
+        for t in self._threads:
+            if threading.current_thread() is not t:
+                t.join(timeout)
 
     # ---- worker ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -145,6 +164,7 @@ class MicroBatcher(Generic[T, R]):
             if first is _STOP:
                 break
             batch = [first]
+            self._slots.acquire()  # wait for a free slot (what queues meanwhile joins in)
             # The oldest item waits at most max_wait in all, including the time it spent
             # queued while the previous batch ran: then the batch takes what is queued now.
             deadline = first[2] + self.max_wait_s
@@ -162,6 +182,7 @@ class MicroBatcher(Generic[T, R]):
                     stop = True
                     break
                 batch.append(nxt)
+
             with self._lock:
                 self._queued -= len(batch)
                 self._running += 1
@@ -175,6 +196,7 @@ class MicroBatcher(Generic[T, R]):
             finally:
                 with self._lock:
                     self._running -= 1
+                self._slots.release()
 
     def _process(self, batch: list[tuple[T, Future[R]]]) -> None:
         live = [(x, f) for x, f in batch if f.set_running_or_notify_cancel()]
@@ -229,7 +251,7 @@ class BatchingEncoder(Encoder):
 
     Args:
         encoder: the encoder to wrap (its outputs are returned unchanged, row by row).
-        max_batch / max_wait_ms: see :class:`MicroBatcher`.
+        max_batch / max_wait_ms / workers: see :class:`MicroBatcher`.
         enabled: False calls the encoder directly (still timed through ``on_encode``).
         on_encode: called with (kind, batch size, seconds) after every forward pass.
 
@@ -243,6 +265,7 @@ class BatchingEncoder(Encoder):
         *,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
+        workers: int | None = None,
         enabled: bool = True,
         on_encode: EncodeCallback | None = None,
     ) -> None:
@@ -263,6 +286,7 @@ class BatchingEncoder(Encoder):
                     max_wait_ms,
                     on_batch=self._reporter(kind),
                     name=f"shoplens-batch-{kind}",
+                    workers=workers,
                 )
 
     @property
@@ -347,6 +371,7 @@ class BatchingIndex:
         *,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
+        workers: int | None = None,
         on_search: SearchCallback | None = None,
     ) -> None:
         self.index = index
@@ -357,6 +382,7 @@ class BatchingIndex:
                 max_wait_ms,
                 on_batch=on_search,
                 name="shoplens-batch-search",
+                workers=workers,
             )
         )
 
