@@ -345,3 +345,29 @@ def test_max_minutes_stops_cleanly_and_saves(tmp_path: Path) -> None:
     assert again.steps == 2
     with pytest.raises(InvalidInputError, match="max_minutes"):
         TrainConfig(max_minutes=0)
+
+
+def test_warm_start_loads_a_trained_model_and_refuses_another_architecture(
+    tmp_path: Path,
+) -> None:
+    from shoplens.errors import NotFoundError
+    from shoplens.models.io import save_model
+    from shoplens.registry import create_model
+    from shoplens.training.experiment import warm_start
+
+    torch.manual_seed(0)
+    source = create_model("diffusion-test-tiny")
+    folder = save_model(source, tmp_path / "eps")
+    torch.manual_seed(1)  # other initial weights, another prediction type: same shapes
+    target = create_model("diffusion-test-tiny", prediction_type="v_prediction")
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True)
+    )
+    assert warm_start(target, str(folder)) == folder
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, target.state_dict()[key]), key
+    with pytest.raises(InvalidInputError, match="does not fit"):
+        warm_start(create_model("resnet-test-tiny"), f"trained:{folder}")
+    with pytest.raises(NotFoundError, match="init_from"):
+        warm_start(target, str(tmp_path / "nothing"))

@@ -76,6 +76,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run_name: str | None = None  # folder under SHOPLENS_HOME/runs (default: time + model)
+    # Warm start: the weights of a trained model (folder or registered NAME@ALIAS) of the
+    # same architecture, loaded before step 0 (a resumed run continues from its checkpoint).
+    init_from: str | None = None
 
 
 @dataclass
@@ -406,6 +409,8 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True) -> ExperimentR
         model = build_model(cfg, data.classes, data.attributes)
         train, collate = data.train, data.collate
         eval_fn = _eval_fn(model, data.val, cfg)
+    if cfg.init_from:
+        warm_start(model, cfg.init_from)
     tracker = _tracker(cfg, run_name)
     with distributed.session(cfg.train.device) as info:
         result = fit(
@@ -438,6 +443,38 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True) -> ExperimentR
         samples_per_s=result.samples_per_s,
         registered=registered,
     )
+
+
+def resolve_model_folder(ref: str) -> Path:
+    """A trained model folder from a path, ``trained:DIR`` or a registered ``NAME@ALIAS``."""
+    ref = ref.strip()
+    if ref.startswith("trained:"):
+        ref = ref.removeprefix("trained:")
+    name, at, alias = ref.partition("@")
+    if at and "/" not in ref and alias in ("champion", "challenger"):
+        from shoplens.training.tracking import MlflowTracker
+
+        return Path(MlflowTracker().get_model_version_by_alias(name, alias).source_dir)  # type: ignore[arg-type]
+    folder = Path(ref).expanduser()
+    if not (folder / "model.json").is_file():
+        raise NotFoundError(
+            f"init_from: {ref!r} is neither a trained model folder (with model.json) nor a "
+            "registered NAME@champion|challenger"
+        )
+    return folder
+
+
+def warm_start(model: torch.nn.Module, ref: str) -> Path:
+    """Load the weights of the trained model ``ref`` into ``model`` (same architecture;
+    config fields that do not change shapes, such as a diffusion model's prediction type,
+    may differ). Raises ``InvalidInputError`` naming the keys that do not fit."""
+    from shoplens.models.io import load_model, load_state
+
+    folder = resolve_model_folder(ref)
+    source = load_model(folder)
+    load_state(model, source.state_dict(), f"init_from {folder}")
+    log.info("warm start from %s", folder)
+    return folder
 
 
 def _install_combiner(model_dir: Path, base_dir: Path) -> None:
