@@ -675,8 +675,9 @@ def render(r: Row) -> str:
         "",
         f"Machine: {where}. Baseline: raw FAISS `index.search(q, 10)` on the served index "
         f"({o['vectors']:,} vectors, {o['factory']}, FAISS threads {o['faiss_threads']}) "
-        "with the same query vectors. shoplens asks FAISS for 100 candidates (room for "
-        "filters, dedupe and leaving out the product itself) and reads the products of "
+        "with the same query vectors. shoplens asks FAISS for 2k + 8 candidates (room for "
+        "dedupe and leaving out the product itself; more only when they do not fill the "
+        "page) and reads the products of "
         f"the top ones from SQLite. {o['iterations']} interleaved iterations after a "
         "warm-up, the timed calls rotating within each.",
         "",
