@@ -8,9 +8,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data browser demo test lint typecheck unit eval report bench screenshots clean
+.PHONY: setup java postgres data browser demo test lint typecheck unit eval report bench screenshots clean
 
-setup: $(STAMP)
+setup: $(STAMP) java postgres
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
@@ -21,6 +21,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[adapters,dev]"
 	touch $(STAMP)
+
+# Spark (`shoplens pipeline embed`) runs on Java: Debian's default JRE (17 on bookworm).
+java: /usr/bin/java
+
+/usr/bin/java:
+	$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless
+
+# PostgreSQL stores: the tests and benchmarks/bench_event_db.py start a throwaway server with
+# Debian's `postgresql` binaries (/usr/lib/postgresql/N/bin); without them those tests skip.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 data: $(FMNIST)
 

@@ -1,5 +1,5 @@
 """``shoplens`` command line: demo, ingest, index, search, dedupe, serve, train, eval, models,
-events, simulate, recommend, keys, export, report, bench.
+events, simulate, recommend, keys, export, report, bench, db.
 
 Human output by default, ``--json`` for machines. Exit 0 on success, 2 with a one-line
 ``error: ...`` on bad input (never a traceback for a user error).
@@ -16,11 +16,13 @@ import typer
 
 from shoplens import progress
 from shoplens.bench import bench_app
+from shoplens.db.cli import db_app
 from shoplens.errors import InvalidInputError, ShoplensError
 from shoplens.eval.cli import eval_command
 from shoplens.export.cli import export_app
 from shoplens.generate.cli import generate_app
 from shoplens.personalize.cli import events_app, keys_app, recommend_app, simulate_app
+from shoplens.pipeline.cli import pipeline_app
 from shoplens.report.build import report_command
 from shoplens.training.cli import models_app, train_command
 
@@ -41,6 +43,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(export_app, name="export")
 app.add_typer(bench_app, name="bench")
 app.add_typer(generate_app, name="generate")  # `generate` and `generate eval`
+app.add_typer(db_app, name="db")
+app.add_typer(pipeline_app, name="pipeline")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 CatalogOpt = Annotated[str, typer.Option("--catalog", "-c", help="Catalogue name.")]
@@ -287,6 +291,14 @@ def serve(
             "follow the alias: 'shoplens models promote/rollback' swap it live."
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes on the one port, each with its own copy of the models "
+            "and indexes; they share the stores and index files.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs and /openapi.json)."""
     import gc
@@ -300,6 +312,11 @@ def serve(
     if model and encoder:
         raise InvalidInputError("give --encoder or --model, not both")
     Catalog.open(catalog).close()  # fail fast with a clear error for an unknown catalogue
+    if workers > 1:  # uvicorn's supervisor; each worker builds the app from SHOPLENS_*
+        from shoplens.serve.workers import run_workers
+
+        run_workers(workers, catalog=catalog, encoder=encoder, model=model, host=host, port=port)
+        return
     extra: dict[str, Any] = {"model": model} if model else {}  # else SHOPLENS_MODEL applies
     settings = ServiceSettings(catalog=catalog, encoder=encoder, **extra)
     service = create_app(settings)

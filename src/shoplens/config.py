@@ -70,6 +70,24 @@ def tracking_uri() -> str:
     return f"sqlite:///{(home / 'mlflow.db').resolve()}"
 
 
+def index_uri() -> str | None:
+    """Milvus address for the ``milvus`` index kind, ``$SHOPLENS_INDEX_URI``:
+    ``http://host:19530`` for a Milvus server, a ``*.db`` path for one Milvus Lite folder,
+    None (unset) for a Milvus Lite folder inside each index build."""
+    return os.environ.get("SHOPLENS_INDEX_URI") or None
+
+
+def index_token() -> str | None:
+    """Token (``user:password`` or an API key) for the Milvus server, ``$SHOPLENS_INDEX_TOKEN``."""
+    return os.environ.get("SHOPLENS_INDEX_TOKEN") or None
+
+
+def database_url() -> str | None:
+    """PostgreSQL URL for the catalogue and events stores, ``$SHOPLENS_DATABASE_URL``
+    (``postgresql://user:password@host:5432/db``); None: SQLite files under SHOPLENS_HOME."""
+    return os.environ.get("SHOPLENS_DATABASE_URL", "").strip() or None
+
+
 def artifact_root() -> str:
     """Where MLflow stores run artefacts when the backend is the default SQLite file."""
     return (shoplens_home() / "mlartifacts").resolve().as_uri()

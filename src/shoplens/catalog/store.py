@@ -1,15 +1,19 @@
-"""Catalogue store: product metadata in SQLite, normalised images beside it.
+"""Catalogue store: product metadata in SQLite or PostgreSQL, normalised images beside it.
 
 Layout under ``SHOPLENS_HOME/catalogs/NAME/``::
 
-    catalog.sqlite          products, ingests, meta (WAL mode)
+    catalog.sqlite          products, ingests, meta (WAL mode; SQLite only)
     images/ab/abcdef...png  content-addressed normalised images (sha256 of the bytes)
     indexes/                embeddings and ANN indexes (see shoplens.index.store)
     rejects/                one JSONL file per ingest with the rows that were refused
 
-Every product keeps a stable integer ``id`` (the SQLite rowid, kept across upserts), which
-is also its label in vector indexes. A write is one transaction: readers see the old
-catalogue or the new one, never half of an ingest.
+With ``SHOPLENS_DATABASE_URL`` set, the tables live in PostgreSQL instead, in a schema
+named like the catalogue (see :mod:`shoplens.db.migrate`); images and indexes stay in the
+folder, so several machines need it on a shared filesystem.
+
+Every product keeps a stable integer ``id`` (the SQLite rowid or PostgreSQL identity, kept
+across upserts), which is also its label in vector indexes. A write is one transaction:
+readers see the old catalogue or the new one, never half of an ingest.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoplens.config import check_name, shoplens_home
+from shoplens.config import check_name, database_url, shoplens_home
+from shoplens.db import dialects
+from shoplens.db.adapter import Connection, SqliteConnection
 from shoplens.errors import InvalidInputError, NotFoundError
 
 #: Products kept in memory per open catalogue before the cache starts over.
@@ -122,6 +128,11 @@ def catalogs_root() -> Path:
 
 
 def list_catalogs() -> list[str]:
+    url = database_url()
+    if url is not None:
+        from shoplens.db.migrate import list_postgres_catalogs
+
+        return list_postgres_catalogs(url)
     root = catalogs_root()
     if not root.is_dir():
         return []
@@ -152,7 +163,7 @@ def remove_stale_image_temps(images_dir: Path) -> list[Path]:
     return gone
 
 
-def _row_to_product(row: sqlite3.Row) -> Product:
+def _row_to_product(row: Any) -> Product:
     return Product(
         id=row["id"],
         sku=row["sku"],
@@ -170,33 +181,47 @@ def _row_to_product(row: sqlite3.Row) -> Product:
 class Catalog:
     """One named catalogue. Thread-safe; open with :meth:`open` or :meth:`create`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, must_exist: bool = False) -> None:
         self.root = root
         self.name = root.name
         self.db_path = root / "catalog.sqlite"
         self.images_dir = root / "images"
         self._images_root = str(self.images_dir)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30.0)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
-        # Products read by id, kept until any connection writes the database (checked per
-        # read with PRAGMA data_version, which other connections' commits change, and
-        # total_changes for this one's): search pages re-read the same products often.
+        self._conn: Connection
+        url = database_url()
+        if url is None:
+            if must_exist and not self.db_path.is_file():
+                raise _unknown(self.name)
+            raw = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30.0)
+            raw.row_factory = sqlite3.Row
+            raw.execute("PRAGMA journal_mode=WAL")
+            raw.execute("PRAGMA synchronous=NORMAL")
+            raw.executescript(SCHEMA)
+            self._conn = SqliteConnection(raw)
+        else:
+            from shoplens.db.migrate import open_postgres
+
+            conn = open_postgres(url, self.name, must_exist=must_exist)
+            if conn is None:
+                raise _unknown(self.name)
+            self._conn = conn
+        # Products read by id, kept until any connection writes them (checked per read with
+        # dialects.products_stamp: SQLite's PRAGMA data_version and total_changes, or a
+        # stamp a PostgreSQL trigger keeps): search pages re-read the same products often.
         self._cache: dict[int, Product] = {}
         self._cache_stamp: tuple[int, int] = (-1, -1)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``: where the tables are."""
+        return self._conn.dialect
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
     def open(cls, name: str) -> Catalog:
         """Open an existing catalogue (NotFoundError lists the ones that exist)."""
-        root = catalogs_root() / check_name(name)
-        if not (root / "catalog.sqlite").is_file():
-            known = ", ".join(list_catalogs()) or "none yet; run 'shoplens ingest'"
-            raise NotFoundError(f"unknown catalogue {name!r} (known: {known})")
-        return cls(root)
+        return cls(catalogs_root() / check_name(name), must_exist=True)
 
     @classmethod
     def create(cls, name: str) -> Catalog:
@@ -247,20 +272,15 @@ class Catalog:
 
     # ---- writes ----------------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write: everything inside commits together or not at all."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.rollback()
-                raise
-            else:
-                self._conn.commit()
+    def transaction(self) -> Iterator[Connection]:
+        """One atomic write: everything inside commits together or not at all. Writers of a
+        catalogue take turns (SQLite's write lock; a table lock on ``products`` in
+        PostgreSQL), so an upsert's read-then-write by sku never races another's."""
+        with self._lock, self._conn.transaction(lock="products") as conn:
+            yield conn
 
     @staticmethod
-    def upsert_in(conn: sqlite3.Connection, records: Iterable[ProductRecord]) -> UpsertCounts:
+    def upsert_in(conn: Connection, records: Iterable[ProductRecord]) -> UpsertCounts:
         """Insert or update products by sku inside an open transaction."""
         added = updated = unchanged = 0
         now = time.time()
@@ -299,7 +319,7 @@ class Catalog:
 
     def record_ingest(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         source: str,
         started: float,
         counts: UpsertCounts,
@@ -353,10 +373,7 @@ class Catalog:
         """Products by internal id (missing ids are left out)."""
         out: dict[int, Product] = {}
         with self._lock:
-            stamp = (
-                self._conn.execute("PRAGMA data_version").fetchone()[0],
-                self._conn.total_changes,
-            )
+            stamp = dialects.products_stamp(self._conn)
             if stamp != self._cache_stamp or len(self._cache) > PRODUCT_CACHE_SIZE:
                 self._cache.clear()
                 self._cache_stamp = stamp
@@ -369,11 +386,10 @@ class Catalog:
                 else:
                     out[p.id] = p
             for start in range(0, len(missing), 900):
-                chunk = missing[start : start + 900]
-                marks = ",".join("?" * len(chunk))
-                for row in self._conn.execute(
-                    f"SELECT * FROM products WHERE id IN ({marks})", chunk
-                ):
+                where, params = dialects.member_of(
+                    self._conn, "id", missing[start : start + 900], "bigint"
+                )
+                for row in self._conn.execute(f"SELECT * FROM products WHERE {where}", params):
                     out[row["id"]] = cache[row["id"]] = _row_to_product(row)
         return out
 
@@ -412,13 +428,15 @@ class Catalog:
         clauses: list[str] = []
         params: list[Any] = []
         if categories:
-            clauses.append(f"category IN ({','.join('?' * len(categories))})")
-            params.extend(categories)
+            clause, values = dialects.member_of(self._conn, "category", categories, "text")
+            clauses.append(clause)
+            params.extend(values)
         for key, value in (attributes or {}).items():
             if not key.replace("_", "").replace("-", "").replace(" ", "").isalnum():
                 raise InvalidInputError(f"invalid attribute name {key!r}")
-            clauses.append("json_extract(attributes, ?) = ?")
-            params.extend([f'$."{key}"', value])
+            clause, values = dialects.json_text_equals(self._conn, "attributes", key)
+            clauses.append(clause)
+            params.extend([*values, value])
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT id FROM products WHERE {' AND '.join(clauses)}", params
@@ -430,6 +448,32 @@ class Catalog:
         return self.get_meta("version", "0") or "0"
 
     def delete(self) -> None:
-        """Remove the whole catalogue folder."""
+        """Remove the whole catalogue: its folder, and its schema in PostgreSQL."""
+        if self.dialect == "postgresql":
+            from shoplens.db.adapter import PgConnection
+            from shoplens.db.migrate import drop_postgres_catalog
+
+            with self._lock:
+                assert isinstance(self._conn, PgConnection)
+                drop_postgres_catalog(self._conn)
         self.close()
-        shutil.rmtree(self.root)
+        shutil.rmtree(self.root, ignore_errors=self.dialect == "postgresql")
+
+    def reader(self) -> Connection:
+        """A new read-only connection to the catalogue's tables (close it when done)."""
+        if isinstance(self._conn, SqliteConnection):
+            uri = f"{self.db_path.resolve().as_uri()}?mode=ro"
+            raw = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+            raw.execute("PRAGMA busy_timeout=30000")
+            return SqliteConnection(raw)
+        from shoplens.db.adapter import PgConnection
+
+        assert isinstance(self._conn, PgConnection)
+        conn = PgConnection(self._conn.params, self._conn.schema)
+        conn.execute("SET default_transaction_read_only = on")
+        return conn
+
+
+def _unknown(name: str) -> NotFoundError:
+    known = ", ".join(list_catalogs()) or "none yet; run 'shoplens ingest'"
+    return NotFoundError(f"unknown catalogue {name!r} (known: {known})")

@@ -31,7 +31,14 @@ import numpy as np
 from shoplens.catalog.store import Catalog, Product, process_gone
 from shoplens.config import fsync_dir
 from shoplens.errors import NotReadyError
-from shoplens.index.base import VectorIndex, default_factory, load_index, make_index
+from shoplens.index.base import (
+    MetadataIndex,
+    VectorIndex,
+    default_factory,
+    drop_index_data,
+    load_index,
+    make_index,
+)
 
 KEEP_BUILDS = 2
 
@@ -193,6 +200,7 @@ def publish_build(root: Path, write: Callable[[Path], dict[str, Any]], keep: int
     done = sorted((d for d in builds.iterdir() if not d.name.startswith(".")), key=lambda d: d.name)
     for d in done[:-keep]:
         if d.name != final.name:
+            drop_index_data(d / "index")  # e.g. its collection on a Milvus server
             shutil.rmtree(d, ignore_errors=True)
     return final
 
@@ -214,7 +222,12 @@ def write_build(
 
     def write(tmp: Path) -> dict[str, Any]:
         index = make_index(dim, factory)
-        if len(ids):
+        if len(ids) and isinstance(index, MetadataIndex):  # Milvus filters on these itself
+            found = catalog.get_by_ids(ids.tolist())
+            rows = [found.get(int(i)) for i in ids]
+            cats = [p.category if p else "" for p in rows]
+            index.upsert(ids, embeddings, cats, [p.attributes if p else {} for p in rows])
+        elif len(ids):
             index.add(ids, embeddings)
         index.save(tmp / "index")
         _write_npy(tmp / "ids.npy", ids.astype(np.int64))

@@ -1,6 +1,7 @@
-"""Customer events of one catalogue: validation, an SQLite store (WAL) and file import.
+"""Customer events of one catalogue: validation, an SQLite or PostgreSQL store, file import.
 
-Layout: ``SHOPLENS_HOME/catalogs/NAME/events.sqlite`` beside the catalogue. Every event
+Layout: ``SHOPLENS_HOME/catalogs/NAME/events.sqlite`` (WAL) beside the catalogue, or, with
+``SHOPLENS_DATABASE_URL`` set, table ``events`` in the catalogue's PostgreSQL schema. Every event
 has a caller-chosen ``event_id``, which makes writes idempotent: replaying an event that
 is already stored is counted as a duplicate and changes nothing, while a replay with the
 same id but different content is rejected and reported.
@@ -11,6 +12,13 @@ exists in the catalogue), then stores the valid ones. Input is processed in chun
 all-or-nothing. A crash in the middle of a long import leaves whole chunks stored, and
 running the import again is harmless (the stored events come back as duplicates). With
 ``strict=True`` the whole call is one transaction, rolled back if any event is rejected.
+
+Concurrent writers (threads, service workers, importers on other machines) never lose or
+duplicate an event. SQLite lets one write transaction run at a time. PostgreSQL runs them
+side by side: each chunk is inserted with ``ON CONFLICT (event_id) DO NOTHING`` in event-id
+order (so two writers cannot deadlock), and an event another writer stored meanwhile is
+then counted as a duplicate, or rejected if its content differs, exactly as if it had been
+stored before the call. A strict call locks the table against other writers instead.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from shoplens.catalog.store import Catalog
-from shoplens.config import atomic_write
+from shoplens.config import atomic_write, database_url
+from shoplens.db import dialects
+from shoplens.db.adapter import Connection, SqliteConnection, pg_array
 from shoplens.errors import InvalidInputError, NotFoundError
 from shoplens.personalize.types import EVENT_TYPES, SIMULATED_PREFIX, Event
 
@@ -316,25 +326,15 @@ def known_skus(catalog: Catalog, skus: Iterable[str]) -> set[str]:
     wanted = sorted(set(skus))
     if not wanted:
         return set()
-    with contextlib.closing(_catalog_reader(catalog)) as conn:
+    with contextlib.closing(catalog.reader()) as conn:
         return _known_skus_in(conn, wanted)
 
 
-def _catalog_reader(catalog: Catalog) -> sqlite3.Connection:
-    uri = f"{catalog.db_path.resolve().as_uri()}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-def _known_skus_in(conn: sqlite3.Connection, skus: Sequence[str]) -> set[str]:
+def _known_skus_in(conn: Connection, skus: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(skus), _SQL_VARS):
-        chunk = list(skus[start : start + _SQL_VARS])
-        marks = ",".join("?" * len(chunk))
-        found.update(
-            r[0] for r in conn.execute(f"SELECT sku FROM products WHERE sku IN ({marks})", chunk)
-        )
+        where, params = dialects.member_of(conn, "sku", skus[start : start + _SQL_VARS], "text")
+        found.update(r[0] for r in conn.execute(f"SELECT sku FROM products WHERE {where}", params))
     return found
 
 
@@ -352,11 +352,22 @@ class EventStore:
         self.catalog = catalog
         self.db_path = catalog.root / "events.sqlite"
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.executescript(SCHEMA)
+        self._conn: Connection
+        url = database_url()
+        if url is None:
+            raw = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30.0)
+            raw.execute("PRAGMA journal_mode=WAL")
+            raw.execute("PRAGMA synchronous=FULL")
+            raw.execute("PRAGMA busy_timeout=30000")
+            raw.executescript(SCHEMA)
+            self._conn = SqliteConnection(raw)
+        else:
+            from shoplens.db.migrate import open_postgres
+
+            conn = open_postgres(url, catalog.name)
+            assert conn is not None
+            self._conn = conn
+        self._rowid = dialects.ROWID[self._conn.dialect]
 
     @classmethod
     def open(cls, catalog: Catalog) -> EventStore:
@@ -405,10 +416,10 @@ class EventStore:
             if on_reject is not None:
                 on_reject(r)
 
-        with contextlib.closing(_catalog_reader(self.catalog)) as reader:
+        with self._sku_reader() as reader:
             if strict:
                 with self._lock:
-                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.begin(lock="events")
                     try:
                         for chunk in _chunks(raw_events, CHUNK):
                             self._add_chunk(chunk, reader, simulated, source, now, report, reject)
@@ -429,22 +440,23 @@ class EventStore:
                     on_commit(report.total, report)
             else:
                 for chunk in _chunks(raw_events, CHUNK):
-                    with self._lock:
-                        self._conn.execute("BEGIN IMMEDIATE")
-                        try:
-                            self._add_chunk(chunk, reader, simulated, source, now, report, reject)
-                        except BaseException:
-                            self._conn.rollback()
-                            raise
-                        self._conn.commit()
+                    with self._lock, self._conn.transaction():
+                        self._add_chunk(chunk, reader, simulated, source, now, report, reject)
                     if on_commit is not None:
                         on_commit(chunk[-1][0] + 1, report)
         return report
 
+    def _sku_reader(self) -> contextlib.AbstractContextManager[Connection]:
+        """Where :meth:`add` looks skus up: a read-only connection to ``catalog.sqlite``, or
+        this store's own connection (the products are in the same PostgreSQL schema)."""
+        if isinstance(self._conn, SqliteConnection):
+            return contextlib.closing(self.catalog.reader())
+        return contextlib.nullcontext(self._conn)
+
     def _add_chunk(
         self,
         chunk: list[tuple[int, Any]],
-        reader: sqlite3.Connection,
+        reader: Connection,
         simulated: bool,
         source: str,
         now: float,
@@ -463,7 +475,7 @@ class EventStore:
         known = _known_skus_in(reader, sorted({e.sku for _, _, e in valid}))
         stored = self._stored([e.event_id for _, _, e in valid if e.sku in known])
         first: dict[str, tuple[int, Event]] = {}
-        new: list[Event] = []
+        new: list[tuple[int, int | None, Event]] = []
         for pos, line, e in valid:
             if e.sku not in known:
                 msg = f"unknown sku {e.sku!r} in catalogue {self.catalog.name!r}"
@@ -489,38 +501,76 @@ class EventStore:
                     report.duplicates += 1
                 continue
             first[e.event_id] = (pos, e)
-            new.append(e)
+            new.append((pos, line, e))
         received = time.time()
-        self._conn.executemany(
-            "INSERT INTO events (event_id, customer_id, sku, type, ts, simulated, source, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    e.event_id,
-                    e.customer_id,
-                    e.sku,
-                    e.type,
-                    e.timestamp,
-                    int(e.simulated),
-                    source,
-                    received,
-                )
-                for e in new
-            ],
-        )
-        report.accepted += len(new)
+        if self._conn.dialect == "postgresql":
+            report.accepted += self._insert_concurrently(new, source, received, report, refused)
+        else:  # BEGIN IMMEDIATE: no other writer since the duplicate check
+            self._conn.executemany(
+                "INSERT INTO events (event_id, customer_id, sku, type, ts, simulated, source, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.event_id, e.customer_id, e.sku, e.type, e.timestamp, int(e.simulated),
+                     source, received)
+                    for _, _, e in new
+                ],
+            )  # fmt: skip
+            report.accepted += len(new)
         for r in sorted(refused, key=lambda r: r.position):
             reject(r)
+
+    def _insert_concurrently(
+        self,
+        new: list[tuple[int, int | None, Event]],
+        source: str,
+        received: float,
+        report: EventReport,
+        refused: list[Rejection],
+    ) -> int:
+        """PostgreSQL: insert ``new`` unless another writer stored an id meanwhile (then a
+        duplicate, or a conflict added to ``refused``); return how many were inserted."""
+        if not new:
+            return 0
+        # arrival order (seq) follows the input; rows are inserted (and locked) by event id
+        seqs = [int(r[0]) for r in self._conn.execute(
+            "SELECT nextval(pg_get_serial_sequence('events', 'seq')) "
+            "FROM generate_series(1, ?) ORDER BY 1", (len(new),)
+        )]  # fmt: skip
+        cols = list(zip(*(
+            (e.event_id, e.customer_id, e.sku, e.type, e.timestamp, int(e.simulated))
+            for _, _, e in new
+        ), strict=True))  # fmt: skip
+        inserted = {
+            r[0]
+            for r in self._conn.execute(
+                "INSERT INTO events (event_id, customer_id, sku, type, ts, simulated, source, "
+                "received_at, seq) "
+                "SELECT i, c, s, t, ts, sim, ?, ?, q FROM unnest(?::text[], ?::text[], "
+                "?::text[], ?::text[], ?::float8[], ?::int[], ?::bigint[]) "
+                'AS u(i, c, s, t, ts, sim, q) ORDER BY i COLLATE "C" '
+                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                (source, received, *(pg_array(c) for c in cols), pg_array(seqs)),
+            )
+        }
+        raced = [(pos, line, e) for pos, line, e in new if e.event_id not in inserted]
+        stored = self._stored([e.event_id for _, _, e in raced])
+        for pos, line, e in raced:
+            old = stored.get(e.event_id)
+            if old is not None and _content(old) == _content(e):
+                report.duplicates += 1
+            else:
+                msg = f"event_id {e.event_id!r} already stored with different content"
+                refused.append(Rejection(pos, e.event_id, msg, line))
+        return len(inserted)
 
     def _stored(self, event_ids: Sequence[str]) -> dict[str, Event]:
         ids = sorted(set(event_ids))
         out: dict[str, Event] = {}
         for start in range(0, len(ids), _SQL_VARS):
-            chunk = ids[start : start + _SQL_VARS]
-            marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
-            ):
+            where, params = dialects.member_of(
+                self._conn, "event_id", ids[start : start + _SQL_VARS], "text"
+            )
+            for row in self._conn.execute(f"SELECT {_COLUMNS} FROM events WHERE {where}", params):
                 out[row[0]] = _row_event(row)
         return out
 
@@ -530,14 +580,8 @@ class EventStore:
 
     def delete_simulated(self) -> int:
         """Remove every simulated event; return how many were removed."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._conn.execute("DELETE FROM events WHERE simulated = 1").rowcount
-            except BaseException:
-                self._conn.rollback()
-                raise
-            self._conn.commit()
+        with self._lock, self._conn.transaction():
+            n = self._conn.execute("DELETE FROM events WHERE simulated = 1").rowcount
         return int(n)
 
     # ---- reads -----------------------------------------------------------------------
@@ -576,13 +620,14 @@ class EventStore:
         with self._lock:
             if limit is None:
                 rows = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE customer_id = ? ORDER BY ts, rowid",
+                    f"SELECT {_COLUMNS} FROM events WHERE customer_id = ? "
+                    f"ORDER BY ts, {self._rowid}",
                     (customer_id,),
                 ).fetchall()
             else:
                 rows = self._conn.execute(
                     f"SELECT {_COLUMNS} FROM events WHERE customer_id = ? "
-                    "ORDER BY ts DESC, rowid DESC LIMIT ?",
+                    f"ORDER BY ts DESC, {self._rowid} DESC LIMIT ?",
                     (customer_id, max(0, int(limit))),
                 ).fetchall()
                 rows.reverse()
@@ -607,19 +652,18 @@ class EventStore:
     def iter_events(self, batch_size: int = 10_000) -> Iterator[Event]:
         """All events ordered by (customer_id, ts), fetched in batches."""
         last: tuple[str, float, int] | None = None
+        order = f"customer_id, ts, {self._rowid}"
         while True:
             with self._lock:
                 if last is None:
                     rows = self._conn.execute(
-                        f"SELECT {_COLUMNS}, rowid FROM events "
-                        "ORDER BY customer_id, ts, rowid LIMIT ?",
+                        f"SELECT {_COLUMNS}, {self._rowid} FROM events ORDER BY {order} LIMIT ?",
                         (batch_size,),
                     ).fetchall()
                 else:
                     rows = self._conn.execute(
-                        f"SELECT {_COLUMNS}, rowid FROM events "
-                        "WHERE (customer_id, ts, rowid) > (?, ?, ?) "
-                        "ORDER BY customer_id, ts, rowid LIMIT ?",
+                        f"SELECT {_COLUMNS}, {self._rowid} FROM events "
+                        f"WHERE ({order}) > (?, ?, ?) ORDER BY {order} LIMIT ?",
                         (*last, batch_size),
                     ).fetchall()
             if not rows:

@@ -9,7 +9,7 @@ collapsed (``dedupe=True``) so exact duplicate products don't fill a page.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import quote
 
 import numpy as np
@@ -36,6 +36,22 @@ class Filters:
 
     def __bool__(self) -> bool:
         return bool(self.categories or self.attributes)
+
+
+#: A search restriction: none, allowed product ids, or filters run inside the vector store.
+Allowed: TypeAlias = "np.ndarray | Filters | None"
+
+
+def metadata_index(index: Any) -> Any:
+    """The index under ``index``'s serving wrappers (batching, thread limits) when it
+    filters on product metadata itself (a Milvus index), else None."""
+    seen = 0
+    while index is not None and seen < 8:
+        if getattr(type(index), "filters_metadata", False):
+            return index
+        index = index.__dict__.get("index") if hasattr(index, "__dict__") else None
+        seen += 1
+    return None
 
 
 @dataclass
@@ -104,9 +120,14 @@ class SearchEngine:
         return self.image_build.meta.get("catalog_version") != self.catalog.version()
 
     # ---- helpers ---------------------------------------------------------------------
-    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
+    def _allowed(self, filters: Filters | None, build: IndexBuild | None = None) -> Allowed:
+        """What restricts a search of ``build``: None, the ids matching ``filters`` from
+        the catalogue, or ``filters`` themselves when ``build``'s index filters on product
+        metadata itself (Milvus): then the filter runs inside the vector store."""
         if not filters:
             return None
+        if build is not None and metadata_index(build.index) is not None:
+            return filters
         ids = self.catalog.filter_ids(filters.categories, filters.attributes)
         return None if ids is None else np.asarray(ids, dtype=np.int64)
 
@@ -163,13 +184,13 @@ class SearchEngine:
     ) -> list[Hit]:
         """The search step alone: products nearest to query embedding ``q`` (1, D)."""
         check_k(k)
-        return self._nearest(q, k, self._allowed(filters), dedupe, exclude)
+        return self._nearest(q, k, self._allowed(filters, self.image_build), dedupe, exclude)
 
     def _nearest(
         self,
         q: np.ndarray,
         k: int,
-        allowed: np.ndarray | None,
+        allowed: Allowed,
         dedupe: bool,
         exclude: set[int] | None = None,
     ) -> list[Hit]:
@@ -185,11 +206,18 @@ class SearchEngine:
             n *= 4
 
     def _vector_ranked(
-        self, build: IndexBuild, q: np.ndarray, n: int, allowed: np.ndarray | None
+        self, build: IndexBuild, q: np.ndarray, n: int, allowed: Allowed
     ) -> list[tuple[int, float]]:
-        if allowed is not None and allowed.size == 0:
-            return []
-        scores, ids = build.index.search(q, n, allowed)
+        if isinstance(allowed, Filters):  # pushed down into the vector store
+            store = metadata_index(build.index)
+            assert store is not None  # _allowed returns Filters only for such an index
+            scores, ids = store.search(
+                q, n, categories=allowed.categories or None, attributes=allowed.attributes or None
+            )
+        else:
+            if allowed is not None and allowed.size == 0:
+                return []
+            scores, ids = build.index.search(q, n, allowed)
         # tolist() first: iterating numpy arrays element by element is several times slower
         pairs = zip(ids[0].tolist(), scores[0].tolist(), strict=True)
         return [(int(i), float(s)) for i, s in pairs if i >= 0]
@@ -199,21 +227,22 @@ class SearchEngine:
         self, image: Image.Image, n: int, filters: Filters | None = None
     ) -> list[tuple[int, float]]:
         q = self.encoder.encode_images([image])  # (1, D)
-        return self._vector_ranked(self.image_build, q, n, self._allowed(filters))
+        return self._vector_ranked(self.image_build, q, n, self._allowed(filters, self.image_build))
 
     def text_rankings(
         self, text: str, n: int, filters: Filters | None = None
     ) -> list[list[tuple[int, float]]]:
         """One ranking per available text signal (BM25, dense text, text-to-image)."""
-        allowed = self._allowed(filters)
         lists: list[list[tuple[int, float]]] = []
         if self.bm25 is not None and self.text_build is not None:
-            lists.append(self.bm25.search(text, n, allowed))
+            allowed = self._allowed(filters)
+            lists.append(self.bm25.search(text, n, allowed))  # type: ignore[arg-type]
             q = self.text_encoder.encode_texts([text])
             lists.append(self._vector_ranked(self.text_build, q, n, allowed))
         if self.encoder.shared_space:
             q = self.encoder.encode_texts([text])
-            lists.append(self._vector_ranked(self.image_build, q, n, allowed))
+            image_allowed = self._allowed(filters, self.image_build)
+            lists.append(self._vector_ranked(self.image_build, q, n, image_allowed))
         if not lists:
             raise NotReadyError(
                 f"catalogue {self.catalog.name!r} has no text index; run 'shoplens index "
@@ -264,10 +293,10 @@ class SearchEngine:
             )
         if image is not None and text is not None and compose is not False and self.composes:
             q = self.encoder.compose([image], [text])  # type: ignore[attr-defined]  # (1, D)
-            return self._nearest(q, k, self._allowed(filters), dedupe)
+            return self._nearest(q, k, self._allowed(filters, self.image_build), dedupe)
         if image is not None and text is None:
             q = self.encoder.encode_images([image])  # (1, D)
-            return self._nearest(q, k, self._allowed(filters), dedupe)
+            return self._nearest(q, k, self._allowed(filters, self.image_build), dedupe)
         lists: list[list[tuple[int, float]]] = []
         weights: list[float] = []
         if image is not None:

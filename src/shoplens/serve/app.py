@@ -75,6 +75,7 @@ class ServiceState:
         self._refresh_lock = threading.Lock()  # one load / swap at a time
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._index_watcher: threading.Thread | None = None
         self.engine: SearchEngine | None = None
         self.error: str | None = None
         self.loading = False
@@ -185,6 +186,7 @@ class ServiceState:
                         build.index,
                         max_batch=settings.batch_max_size,
                         max_wait_ms=settings.batch_max_wait_ms,
+                        workers=settings.batch_workers,
                     )
         return engine
 
@@ -212,6 +214,7 @@ class ServiceState:
             encoder,
             max_batch=s.batch_max_size,
             max_wait_ms=s.batch_max_wait_ms,
+            workers=s.batch_workers,
             enabled=s.batching,
             on_encode=self.metrics.observe_encode if self.metrics is not None else None,
         )
@@ -249,11 +252,35 @@ class ServiceState:
 
     # ---- following the alias -------------------------------------------------------------
     def start_watching(self) -> None:
-        """Poll the model alias every ``registry_poll_s`` in a daemon thread."""
+        """Poll the model alias every ``registry_poll_s`` and the served indexes' builds
+        every ``index_poll_s``, each in a daemon thread."""
+        if self.settings.index_poll_s and self._index_watcher is None:
+            self._index_watcher = threading.Thread(
+                target=self._follow_index, name="shoplens-index", daemon=True
+            )
+            self._index_watcher.start()
         if not self.settings.model or self._watcher is not None:
             return
         self._watcher = threading.Thread(target=self._watch, name="shoplens-registry", daemon=True)
         self._watcher.start()
+
+    def _follow_index(self) -> None:
+        """Reload when another build became ``current`` (``shoplens index build`` in any
+        process): every worker process of a service picks it up by itself."""
+        last = None  # log a failure once, not at every poll
+        while not self._stop.wait(self.settings.index_poll_s):
+            engine = self.engine
+            if engine is None or not _index_moved(engine):
+                continue
+            try:
+                self.reload()
+                log.info("loaded the new index build of catalogue %s", engine.catalog.name)
+                last = None
+            except Exception as e:
+                why = e.message if isinstance(e, ShoplensError) else f"{type(e).__name__}: {e}"
+                if why != last:
+                    log.warning("loading the new index build failed: %s", why)
+                last = why
 
     def _watch(self) -> None:
         last = None  # log a failure once, not at every poll
@@ -288,8 +315,9 @@ class ServiceState:
     def close(self) -> None:
         """Stop the watcher and the batchers (at shutdown)."""
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=30)
+        for watcher in (self._watcher, self._index_watcher):
+            if watcher is not None:
+                watcher.join(timeout=30)
         if self.engine is not None:
             _close_encoders(self.engine)
 
@@ -319,6 +347,20 @@ class ServiceState:
             "swaps": swaps,
             "pending": swap_error or (f"building the index for {building}" if building else None),
         }
+
+
+def _index_moved(engine: SearchEngine) -> bool:
+    """True when an index of ``engine`` has another ``current`` build than the loaded one."""
+    for build in (engine.image_build, getattr(engine, "text_build", None)):
+        if build is None:
+            continue
+        try:  # builds live in ROOT/builds/ID, and ROOT/current links to the served one
+            now = (build.path.parent.parent / "current").resolve(strict=True)
+        except OSError:
+            continue
+        if now != build.path:
+            return True
+    return False
 
 
 def _close_encoders(engine: SearchEngine) -> None:
@@ -857,4 +899,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(admin_router)  # POST /v1/products, model promote, index reload
     install_generate_routes(app)  # POST /v1/generate and the /generate page
     install_ui(app)  # web pages and /static, after the API routes
+    from shoplens.serve.workers import WorkerHeaderMiddleware
+
+    app.add_middleware(WorkerHeaderMiddleware)  # outermost: on every response
     return app

@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     # its version (as encoder trained:DIR) and follows the alias, swapping models live.
     model: str | None = None
     registry_poll_s: Annotated[float, Field(gt=0)] = 5.0  # how often the alias is checked
+    # How often the served indexes' `current` builds are checked: a build published by
+    # `shoplens index build` (any process) is loaded then; 0: only POST /v1/index/reload.
+    index_poll_s: Annotated[float, Field(ge=0)] = 5.0
     max_upload_bytes: Annotated[int, Field(ge=1)] = 10 * MiB  # one uploaded image
     max_k: int = 100
     load_in_background: bool = True
@@ -50,6 +53,8 @@ class ServiceSettings(BaseSettings):
     batching: bool = True
     batch_max_size: Annotated[int, Field(ge=1)] = 32
     batch_max_wait_ms: Annotated[float, Field(ge=0)] = 2.0
+    # forward passes (and index searches) that may run at once; default one per core
+    batch_workers: Annotated[int | None, Field(ge=1)] = None
     # Threads per torch call and per FAISS / BLAS call (None: the libraries' defaults, one
     # per core). Many requests run at once, so one thread each keeps the cores busy
     # without oversubscribing them (docs/BENCHMARKS.md, "Service latency").
