@@ -138,6 +138,8 @@ def test_events_validated_idempotent_then_recommendations(service: Any) -> None:
     assert body["count"] == 5 and all(h["sources"] for h in body["results"])
     seen = {e["sku"] for e in events if e["customer_id"] == "c0"} | {good["sku"]}
     assert not seen & {h["sku"] for h in body["results"]}  # never what they already had
+    # a small catalogue: exact candidate scans (IVF indexes start at 20k items)
+    assert client.get("/readyz").json()["recommendations"]["candidates"] == "exact"
 
     r = client.get("/v1/customers/stranger/recommendations", params={"k": 4})
     body = r.json()

@@ -344,6 +344,7 @@ def test_ann_candidates_agree_with_the_exact_scans_and_do_not_pickle(
     exact, _ = fused.recommend(hs, 10)
     assert fused.enable_ann(min_items=10**9) is False  # small catalogues stay exact
     assert fused.enable_ann(min_items=0, wait=True) is True
+    assert fused.__dict__["_ann"].state == "ready"
     try:
         approx, _ = fused.recommend(hs, 10)
         clone = pickle.loads(pickle.dumps(fused))

@@ -126,9 +126,9 @@ def generate_command(
     ] = "fashion-mnist",
     n: Annotated[int, typer.Option("--n", help="Number of images (1-64).")] = 16,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (0-20).")] = 3.0,
-    steps: Annotated[int, typer.Option(help="Sampling steps (1-200).")] = 25,
+    steps: Annotated[int, typer.Option(help="Sampling steps (1-200).")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of image 1; image i uses seed + i - 1.")] = 0,
-    scheduler: Annotated[str, typer.Option(help="Sampler: ddim, dpm or ddpm.")] = "ddim",
+    scheduler: Annotated[str, typer.Option(help="Sampler: ddpm, ddim or dpm.")] = "ddpm",
     init_image: Annotated[
         Path | None, typer.Option("--init-image", help="Image to vary (image-to-image).")
     ] = None,
@@ -204,11 +204,11 @@ def generate_eval(
     ] = "fashion-mnist",
     n_per_class: Annotated[int, typer.Option(help="Samples per category (FID etc.).")] = 100,
     guidance: Annotated[float, typer.Option(help="Guidance scale of the main samples.")] = 3.0,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 25,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 0,
     customers: Annotated[int, typer.Option(help="SIMULATED customers (0: skip).")] = 20,
     per_customer: Annotated[int, typer.Option(help="Images per customer and setting.")] = 2,
-    scheduler: Annotated[str, typer.Option(help="Sampler: ddim, dpm or ddpm.")] = "ddim",
+    scheduler: Annotated[str, typer.Option(help="Sampler: ddpm, ddim or dpm.")] = "ddpm",
     sweep_per_class: Annotated[
         int, typer.Option(help="Samples per category at guidance 0 and 1 (0: skip).")
     ] = 20,

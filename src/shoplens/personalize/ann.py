@@ -114,6 +114,13 @@ class LazyANN:
         except Exception as e:  # exact answers stay available
             self.error = f"{type(e).__name__}: {e}"
 
+    @property
+    def state(self) -> str:
+        """ "building", "ready" or "failed" (then exact scans answer)."""
+        if self._ready is not None:
+            return "ready"
+        return "failed" if self.error is not None else "building"
+
     def wait(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         return self._ready is not None

@@ -161,6 +161,16 @@ class Recommendations:
     def close(self) -> None:
         self.events.close()
 
+    @property
+    def candidates(self) -> str:
+        """How candidates are found: "exact", "ann" or "exact (ann building)" / "exact
+        (ann failed)" while the IVF indexes are not usable."""
+        ann = self.ranker.__dict__.get("_ann") if self.ann else None
+        if ann is None:
+            return "exact"
+        state = str(ann.state)
+        return "ann" if state == "ready" else f"exact (ann {state})"
+
     def _products(self, idx: Sequence[int]) -> dict[int, Product]:
         ids = [int(self.items.ids[i]) for i in idx]
         by_id = self.catalog.get_by_ids(ids)

@@ -445,6 +445,13 @@ class RecsState:
             old.close()
         return self.recs
 
+    def describe(self) -> dict[str, Any] | None:
+        """The loaded recommender build (None until the first recommendation request)."""
+        recs = self.recs
+        if recs is None:
+            return None
+        return {"build": recs.path.name, "candidates": recs.candidates}
+
 
 def api_key(request: Request) -> str | None:
     """The key from ``Authorization: Bearer <key>`` or ``X-API-Key``."""
@@ -630,6 +637,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "vectors": engine.image_build.index.ntotal,
             "model": state.describe_model(),
             "batching": settings.batching,
+            "recommendations": recs_state.describe(),
         }
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -4,9 +4,8 @@ The service answers each request in a thread of Starlette's pool. With batching 
 request that needs a query embedding hands its image (or text) to a :class:`MicroBatcher`
 and waits; a worker thread collects what arrives within ``max_wait_ms`` of the oldest
 waiting item (at most ``max_batch`` items), runs the encoder once on all of them and gives
-every caller its own row. At most ``workers`` forward passes run at once (default: one
-per core, as the service runs torch with one thread per call), so batching never leaves
-a core idle that unbatched requests would have used. A request that finds a free slot
+every caller its own row. At most ``workers`` forward passes run at once (default one;
+``None``: one per core, for encoders run with one thread per call). A request that finds a free slot
 and nothing queued runs at once in its own thread (no wait, no hand-off); requests that
 arrive while every slot is busy are batched.
 When one item of a batch makes the encoder raise, the items are retried one by one, so
@@ -58,7 +57,7 @@ class MicroBatcher(Generic[T, R]):
         on_batch: called after every successful ``fn`` call with (batch size, seconds).
         name: the worker threads' name.
         workers: at most this many calls of ``fn`` run at once (inline calls included);
-            default one per CPU core.
+            None: one per CPU core.
 
     ``submit(item)`` returns a Future with the item's own result or exception.
     ``call(item)`` blocks for the result; when nothing is queued and a slot is free it
@@ -76,7 +75,7 @@ class MicroBatcher(Generic[T, R]):
         *,
         on_batch: OnBatch | None = None,
         name: str = "shoplens-batcher",
-        workers: int | None = None,
+        workers: int | None = 1,
     ) -> None:
         workers = workers if workers is not None else (os.cpu_count() or 1)
         if workers < 1:
@@ -265,7 +264,7 @@ class BatchingEncoder(Encoder):
         *,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
-        workers: int | None = None,
+        workers: int | None = 1,
         enabled: bool = True,
         on_encode: EncodeCallback | None = None,
     ) -> None:
@@ -371,7 +370,7 @@ class BatchingIndex:
         *,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
-        workers: int | None = None,
+        workers: int | None = 1,
         on_search: SearchCallback | None = None,
     ) -> None:
         self.index = index

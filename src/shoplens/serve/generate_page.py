@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from shoplens.generate.pipeline import Generator
 
 FIELDS = ("prompt", "category", "customer", "n", "guidance", "steps", "seed", "api_key")
-PAGE_DEFAULTS = {"n": "8", "guidance": "3", "steps": "25", "seed": "0"}
+PAGE_DEFAULTS = {"n": "8", "guidance": "3", "steps": "50", "seed": "0"}
 NO_STORE = {"Cache-Control": "no-store"}  # the form echoes the API key
 page = APIRouter(include_in_schema=False)
 

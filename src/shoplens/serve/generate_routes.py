@@ -88,9 +88,9 @@ class GenerateRequest(BaseModel):
     guidance: float = Field(
         default=3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale."
     )
-    steps: int = Field(default=25, ge=1, description="Sampling steps (at most generate_max_steps).")
+    steps: int = Field(default=50, ge=1, description="Sampling steps (at most generate_max_steps).")
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Image i uses seed + i.")
-    scheduler: Scheduler = "ddim"
+    scheduler: Scheduler = "ddpm"
     init_image: str | None = Field(
         default=None, description="Base64 image to start from (image-to-image, SDEdit)."
     )

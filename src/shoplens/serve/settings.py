@@ -53,8 +53,9 @@ class ServiceSettings(BaseSettings):
     batching: bool = True
     batch_max_size: Annotated[int, Field(ge=1)] = 32
     batch_max_wait_ms: Annotated[float, Field(ge=0)] = 2.0
-    # forward passes (and index searches) that may run at once; default one per core
-    batch_workers: Annotated[int | None, Field(ge=1)] = None
+    # forward passes (and index searches) that may run at once (None: one per core); 1
+    # measured best on 2 cores (docs/BENCHMARKS.md, micro-batching)
+    batch_workers: Annotated[int | None, Field(ge=1)] = 1
     # Threads per torch call and per FAISS / BLAS call (None: the libraries' defaults, one
     # per core). Many requests run at once, so one thread each keeps the cores busy
     # without oversubscribing them (docs/BENCHMARKS.md, "Service latency").
