@@ -152,6 +152,23 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+def write_content_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to the content-addressed ``path`` unless it exists: through a temp
+    file in the same folder and a rename, so readers never see half an image (the temp
+    name carries the pid: :func:`remove_stale_image_temps` clears a killed writer's)."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def remove_stale_image_temps(images_dir: Path) -> list[Path]:
     """Delete ``.tmp-<pid>-*`` image files whose writer was killed before its rename."""
     gone = []
@@ -249,18 +266,7 @@ class Catalog:
     def put_image(self, data: bytes, sha256: str, ext: str) -> str:
         """Write image bytes under their content hash (atomic, idempotent); return the key."""
         key = f"{sha256}.{ext}"
-        path = self.image_path(key)
-        if path.exists():
-            return key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_content_file(self.image_path(key), data)
         return key
 
     def load_image(self, product: Product) -> Any:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,18 +76,9 @@ def worker_encoder(spec: str, torch_threads: int, loads: Any = None) -> Encoder:
 
 def write_image(images_dir: str, key: str, data: bytes) -> None:
     """Write normalised image bytes under their content key (atomic, idempotent)."""
-    path = Path(images_dir) / key[:2] / key
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from shoplens.catalog.store import write_content_file
+
+    write_content_file(Path(images_dir) / key[:2] / key, data)
 
 
 def embed_partition(
