@@ -4,9 +4,10 @@ The same images (the first N product images of the Fashion-MNIST demo catalogue 
 ``$SHOPLENS_HOME``, copied beside a CSV manifest; ``--generated`` draws synthetic ones
 instead) are embedded with the same encoder and batch size three ways:
 
-- **single process** (the baseline): a plain Python loop doing the pipeline's work per
-  image (read, decode under the safety limits, normalise for storage, re-decode) and
-  ``encode_images`` per batch, with 1 torch thread;
+- **single process** (the baseline): the pipeline's own per-row code
+  (``shoplens.pipeline.embed.embed_chunk``: ingest's loader, safe decode, stored image
+  written, phash, ``encode_images``) called on batches in a plain loop, then one Parquet
+  file, with 1 torch thread: the same work without Spark;
 - **Spark local[1]** and **Spark local[2]**: :func:`shoplens.pipeline.spark.run_embed`,
   1 torch thread per Spark Python worker, into a fresh output folder each repeat.
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import io
 import shutil
 import statistics
 import sys
@@ -93,24 +93,35 @@ def _write_manifest(folder: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def single_process(manifest: Path, encoder_spec: str, batch_size: int) -> float:
-    """Seconds of the baseline loop over every image of ``manifest``."""
-    from PIL import Image
+    """Seconds of the baseline: the pipeline's own per-row work in one plain process.
 
-    from shoplens.data.images import encode_for_store, read_image_file
-    from shoplens.data.manifest import read_manifest
-    from shoplens.registry import create_encoder
+    The same steps as ``shoplens pipeline embed`` without Spark: read and check the
+    manifest (:func:`read_records`), then :func:`embed_chunk` on batches of rows (load
+    with ingest's loader, safe decode, normalise and write the stored image, phash,
+    ``encode_images``) and one Parquet file of the results; 1 torch thread, the encoder
+    loaded before the clock starts (as Spark's warm runs have it).
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
 
-    encoder = create_encoder(encoder_spec)
-    rows = read_manifest(manifest).rows
-    start = time.perf_counter()
-    for i in range(0, len(rows), batch_size):
-        images = []
-        for row in rows[i : i + batch_size]:
-            stored = encode_for_store(read_image_file(row.image, root=manifest.parent))
-            with Image.open(io.BytesIO(stored.data)) as im:
-                images.append(im.convert("RGB"))
-        encoder.encode_images(images)  # (B, D)
-    return time.perf_counter() - start
+    from shoplens.pipeline.embed import TaskConfig, embed_chunk, worker_encoder
+    from shoplens.pipeline.records import read_records
+
+    torch.set_num_threads(1)
+    worker_encoder(encoder_spec, 1)  # loaded once, outside the timing
+    with tempfile.TemporaryDirectory(prefix="shoplens-bench-single-") as tmp:
+        start = time.perf_counter()
+        records = read_records(manifest)
+        cfg = TaskConfig(encoder_spec, batch_size, str(records.root), str(Path(tmp) / "images"))
+        frames = [
+            embed_chunk(cfg, None, records.rows[i : i + batch_size])
+            for i in range(0, len(records.rows), batch_size)
+        ]
+        table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+        pq.write_table(table, Path(tmp) / "embeddings.parquet")
+        return time.perf_counter() - start
 
 
 def spark_runs(
@@ -171,9 +182,11 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
             ),
             "",
             f"{n} {source} (28x28 px each for Fashion-MNIST), encoder `{args.encoder}`, "
-            f"{args.shards} shards. Baseline: a single Python process doing the same work per "
-            "image (read, safe decode, normalise for storage, re-decode, `encode_images` in "
-            "batches of the same size). Spark: `shoplens pipeline embed` (`run_embed`) into a "
+            f"{args.shards} shards. Baseline: a single Python process running the pipeline's "
+            "own per-row code (`embed_chunk`: ingest's loader, safe decode, stored image "
+            "written, phash, `encode_images` in batches of the same size) in a plain loop, "
+            "then one Parquet file; encoder loaded before timing. Spark: `shoplens pipeline "
+            "embed` (`run_embed`) into a "
             f"fresh folder, median of {args.repeats} warm run(s) after a first run in the same "
             "session (Python workers started, encoder loaded); cold = session start + first "
             f"run. Load average {res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the "
