@@ -87,6 +87,17 @@ class Manifest:
     source: str
 
 
+def check_manifest_file(path: str | Path, st: os.stat_result) -> None:
+    """Refuse a manifest that is not a regular file or is over :data:`MAX_MANIFEST_BYTES`."""
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(f"manifest {str(path)!r} is not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise InvalidInputError(
+            f"manifest {str(path)!r} is {st.st_size / 1024**3:.1f} GiB, over the limit of "
+            f"{MAX_MANIFEST_BYTES / 1024**3:g} GiB: split it into smaller files"
+        )
+
+
 def read_manifest(path: str | Path, *, allow_outside_root: bool = False) -> Manifest:
     """Read a catalogue source, dispatching on its kind.
 
@@ -118,13 +129,7 @@ def read_manifest(path: str | Path, *, allow_outside_root: bool = False) -> Mani
             f"unsupported manifest type {suffix or '(no extension)'!r} for {str(path)!r}: "
             f"use {SUPPORTED_KINDS}"
         )
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidInputError(f"manifest {str(path)!r} is not a regular file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise InvalidInputError(
-            f"manifest {str(path)!r} is {st.st_size / 1024**3:.1f} GiB, over the limit of "
-            f"{MAX_MANIFEST_BYTES / 1024**3:g} GiB: split it into smaller files"
-        )
+    check_manifest_file(path, st)
     kind = kinds[suffix]
     root = Path(os.path.abspath(p)).parent
     builder = _Builder(root, allow_outside_root)

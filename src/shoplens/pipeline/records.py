@@ -14,18 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoplens.data.manifest import (
-    MAX_MANIFEST_BYTES,
     Manifest,
     ManifestRow,
     RowError,
     _Builder,
+    check_manifest_file,
     read_manifest,
 )
 from shoplens.data.manifest_readers import REQUIRED_COLUMNS, _json_record
@@ -130,13 +129,7 @@ def _check_file(path: Path) -> None:
         st = path.stat()
     except FileNotFoundError:
         raise NotFoundError(f"manifest not found: {str(path)!r}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidInputError(f"manifest {str(path)!r} is not a regular file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise InvalidInputError(
-            f"manifest {str(path)!r} is {st.st_size / 1024**3:.1f} GiB, over the limit of "
-            f"{MAX_MANIFEST_BYTES / 1024**3:g} GiB: split it into smaller files"
-        )
+    check_manifest_file(path, st)
 
 
 def fingerprint(path: Path) -> str:
