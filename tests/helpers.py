@@ -231,3 +231,18 @@ def tiny_generator(folder: Path, steps: int = 4) -> Path:
         model.training_step(batch)["loss"].backward()
         opt.step()
     return save_model(model.eval(), folder / "model")
+
+
+EVENT_NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z: the clock of the event-store tests
+
+
+def ev(event_id: str, customer: str = "c1", sku: str = "A1", **kw: Any) -> dict[str, Any]:
+    """A raw event (a view 1000 s before :data:`EVENT_NOW` unless ``kw`` says otherwise)."""
+    return {
+        "event_id": event_id,
+        "customer_id": customer,
+        "sku": sku,
+        "type": kw.pop("type", "view"),
+        "timestamp": kw.pop("timestamp", EVENT_NOW - 1000),
+        **kw,
+    }

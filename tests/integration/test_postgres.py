@@ -31,7 +31,9 @@ from shoplens.personalize import events as events_mod
 from shoplens.personalize.events import SCHEMA as EVENTS_SCHEMA
 from shoplens.personalize.events import EventStore, known_skus
 
-NOW = 1_700_000_000.0
+from ..helpers import EVENT_NOW, ev
+
+NOW = EVENT_NOW
 SKUS = ["A1", "A2", "B1", "B2"]
 
 
@@ -70,17 +72,6 @@ def rec(sku: str, title: str = "t", category: str = "c", **attrs: str) -> Produc
     return ProductRecord(
         sku=sku, title=title, category=category, image_key=f"{sku}.png", attributes=dict(attrs)
     )
-
-
-def ev(event_id: str, customer: str = "c1", sku: str = "A1", **kw: Any) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "customer_id": customer,
-        "sku": sku,
-        "type": kw.pop("type", "view"),
-        "timestamp": kw.pop("timestamp", NOW - 1000),
-        **kw,
-    }
 
 
 # ---- catalogue -----------------------------------------------------------------------

@@ -23,19 +23,10 @@ from shoplens.personalize.events import (
     validate_event,
 )
 
-NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+from ..helpers import EVENT_NOW, ev
+
+NOW = EVENT_NOW
 SKUS = ["A1", "A2", "B1", "B2"]
-
-
-def ev(event_id: str, customer: str = "c1", sku: str = "A1", **kw: Any) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "customer_id": customer,
-        "sku": sku,
-        "type": kw.pop("type", "view"),
-        "timestamp": kw.pop("timestamp", NOW - 1000),
-        **kw,
-    }
 
 
 @pytest.fixture
