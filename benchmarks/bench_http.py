@@ -444,14 +444,7 @@ def main(argv: list[str] | None = None) -> Row:
     s = parse_args(argv)
     say = print
     if s.render_only:  # re-render the section from saved raw numbers
-        import json
-
-        result = json.loads((s.docs / "bench" / "http.json").read_text())
-        section = render(result)
-        say(section)
-        if not s.no_write:
-            common.write_section(s.docs / "BENCHMARKS.md", section)
-        return dict(result)
+        return common.rerender(s.docs, "http", render, write=not s.no_write, say=say)
     load = [common.load_average()]
     customers = simulated_customers(s.catalog, s.fit_recs, say)
     say(f"in-process search overhead ({s.iterations} iterations) ...")

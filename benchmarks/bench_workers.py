@@ -180,14 +180,7 @@ def main(argv: list[str] | None = None) -> Row:
     s = parse_args(argv)
     say = print
     if s.render_only:  # re-render the section from saved raw numbers
-        import json
-
-        saved = json.loads((s.docs / "bench" / "workers.json").read_text())
-        section = render(saved)
-        say(section)
-        if not s.no_write:
-            common.write_section(s.docs / "BENCHMARKS.md", section)
-        return dict(saved)
+        return common.rerender(s.docs, "workers", render, write=not s.no_write, say=say)
     load = [common.load_average()]
     makers = bench_http.workloads(s.catalog, customers=[])
     results: dict[str, list[Row]] = {}

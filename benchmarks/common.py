@@ -127,6 +127,24 @@ def write_section(doc: Path, section: str) -> None:
         _atomic_write(doc, replace_section(text, section).encode("utf-8"))
 
 
+def rerender(
+    docs: Path,
+    name: str,
+    render: Callable[[dict[str, Any]], str],
+    *,
+    write: bool = True,
+    say: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """``--render-only``: rebuild a benchmark's section of BENCHMARKS.md from its saved raw
+    numbers ``docs/bench/NAME.json`` (print it, and write it unless ``write`` is False)."""
+    saved: dict[str, Any] = json.loads((docs / "bench" / f"{name}.json").read_text())
+    section = render(saved)
+    say(section)
+    if write:
+        write_section(docs / "BENCHMARKS.md", section)
+    return saved
+
+
 def write_json(path: Path, data: Any) -> None:
     """Raw results next to the docs (atomic, indented, stable key order)."""
     path.parent.mkdir(parents=True, exist_ok=True)
