@@ -124,10 +124,14 @@ class SearchEngine:
         """What restricts a search of ``build``: None, the ids matching ``filters`` from
         the catalogue, or ``filters`` themselves when ``build``'s index filters on product
         metadata itself (Milvus): then the filter runs inside the vector store."""
+        if filters and build is not None and metadata_index(build.index) is not None:
+            return filters
+        return self._allowed_ids(filters)
+
+    def _allowed_ids(self, filters: Filters | None) -> np.ndarray | None:
+        """(M,) int64 ids of the products matching ``filters`` (None: no filter)."""
         if not filters:
             return None
-        if build is not None and metadata_index(build.index) is not None:
-            return filters
         ids = self.catalog.filter_ids(filters.categories, filters.attributes)
         return None if ids is None else np.asarray(ids, dtype=np.int64)
 
@@ -234,14 +238,19 @@ class SearchEngine:
     ) -> list[list[tuple[int, float]]]:
         """One ranking per available text signal (BM25, dense text, text-to-image)."""
         lists: list[list[tuple[int, float]]] = []
+        ids: np.ndarray | None = None  # the catalogue's filter result, read at most once
         if self.bm25 is not None and self.text_build is not None:
-            allowed = self._allowed(filters)
-            lists.append(self.bm25.search(text, n, allowed))  # type: ignore[arg-type]
+            ids = self._allowed_ids(filters)
+            lists.append(self.bm25.search(text, n, ids))
             q = self.text_encoder.encode_texts([text])
-            lists.append(self._vector_ranked(self.text_build, q, n, allowed))
+            lists.append(self._vector_ranked(self.text_build, q, n, ids))
         if self.encoder.shared_space:
             q = self.encoder.encode_texts([text])
-            image_allowed = self._allowed(filters, self.image_build)
+            image_allowed: Allowed
+            if filters and metadata_index(self.image_build.index) is not None:
+                image_allowed = filters  # pushed down into the vector store
+            else:
+                image_allowed = ids if ids is not None else self._allowed_ids(filters)
             lists.append(self._vector_ranked(self.image_build, q, n, image_allowed))
         if not lists:
             raise NotReadyError(
