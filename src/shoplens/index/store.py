@@ -178,7 +178,11 @@ def publish_build(root: Path, write: Callable[[Path], dict[str, Any]], keep: int
     builds = root / "builds"
     builds.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(root)
-    build_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**6:06d}"
+    # Names sort in creation order (UTC second, then nanoseconds, then pid), so pruning
+    # below keeps the newest builds even when several are published within one second.
+    ns = time.time_ns()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ns // 10**9))
+    build_id = f"{stamp}-{ns % 10**9:09d}-{os.getpid()}"
     tmp = builds / f".tmp-{build_id}"
     tmp.mkdir()
     try:
