@@ -24,6 +24,7 @@ from shoplens.eval.results_md import (
     IN_DOMAIN_NOTE,
     TRAINED_HEADING,
     append_trained_row,
+    trained_row,
     write_foundation_report,
 )
 from shoplens.eval.tasks import TASK_NAMES, check_tasks, run_tasks
@@ -187,6 +188,16 @@ def test_classification_with_a_head_and_with_a_linear_probe() -> None:
     assert c["method"] == "classifier head"
     assert c["accuracy"] == 0.25
     assert c["weighted_f1"] == pytest.approx(0.25 * (2 * 0.25 / 1.25))  # red: P 1/4, R 1
+
+    class FlipTTAEncoder(ColourEncoder):
+        tta = "flip"  # a trained classifier whose head averages each image's mirror
+
+    tta = run_tasks(EvalContext(data, FlipTTAEncoder(), always_red), ["classification"])
+    assert tta["classification"]["method"] == "classifier head (flip TTA)"
+    meta = {"date": "d", "model": "m", "data_description": "x", "seed": 0, "eval_s": 1.0}
+    meta["machine"] = {"nproc": 2, "cpu": "cpu"}
+    assert trained_row({"meta": meta, "tasks": tta})[4] == "0.250 (head, flip TTA)"
+    assert trained_row({"meta": meta, "tasks": got})[4] == "0.250 (head)"
 
     probe = run_tasks(EvalContext(data, ColourEncoder()), ["classification"])["classification"]
     assert probe["method"].startswith("linear probe")

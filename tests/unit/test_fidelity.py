@@ -184,3 +184,40 @@ def test_speed_summary_reads_the_generation_benchmark(tmp_path: Path) -> None:
     assert speed_ratio({"other": {"time_ratio": 0.97}}) == 0.97
     path.write_text("{not json")
     assert speed_summary(path)["ratio"] is None
+
+
+def test_training_provenance_reads_the_run_folder_and_mlflow(home: Path) -> None:
+    import yaml
+
+    from shoplens.generate.fidelity_report import training_provenance, training_text
+    from shoplens.training.tracking import MlflowTracker
+
+    run = home / "runs" / "fm-diffusion-x"
+    (run / "model").mkdir(parents=True)
+    cfg = {
+        "run_name": "fm-diffusion-x",
+        "init_from": None,
+        "train": {"batch_size": 64, "precision": "bf16", "max_minutes": 53.0},
+        "tracking": {"experiment": "gen-test"},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "metrics.json").write_text(json.dumps({"steps": 5100, "metrics": {}}))
+    t = training_provenance(run / "model")
+    assert t is not None
+    assert (t["steps"], t["batch_size"], t["max_minutes"]) == (5100, 64, 53.0)
+    assert t["minutes"] is None  # no MLflow run of that name
+    assert "one run from scratch" in training_text(t) and "5100 steps" in training_text(t)
+    assert "time not recorded" in training_text(t)
+
+    tracker = MlflowTracker("gen-test", run_name="fm-diffusion-x")
+    tracker.start({})
+    tracker.end("FINISHED")
+    t = training_provenance(run / "model")
+    assert t is not None and t["minutes"] is not None and 0 <= t["minutes"] < 1
+    cfg["init_from"] = "/runs/eps/model"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "warm-started (`init_from`) from `/runs/eps/model`" in training_text(
+        training_provenance(run / "model")
+    )
+    assert training_provenance(home / "elsewhere" / "model") is None  # not a run folder
+    assert training_text(None) == ""

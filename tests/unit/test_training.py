@@ -371,3 +371,54 @@ def test_warm_start_loads_a_trained_model_and_refuses_another_architecture(
         warm_start(create_model("resnet-test-tiny"), f"trained:{folder}")
     with pytest.raises(NotFoundError, match="init_from"):
         warm_start(target, str(tmp_path / "nothing"))
+
+
+def test_lit_from_a_trained_classifier_tower_copies_and_locks_it(tmp_path: Path) -> None:
+    from shoplens.errors import NotFoundError
+    from shoplens.models.io import save_model
+    from shoplens.registry import create_model
+    from shoplens.training.experiment import warm_start_image_tower
+
+    torch.manual_seed(0)
+    classifier = create_model("resnet-test-tiny", attribute_names=[])
+    folder = save_model(classifier, tmp_path / "cls")
+    tower = {"type": "cnn", "image_size": 16, "widths": [4, 8], "depths": [1, 1], "out_dim": 8}
+    torch.manual_seed(1)
+    lit = create_model("clip-test-tiny", image_tower=tower, lock_image=True)
+    assert warm_start_image_tower(lit, f"trained:{folder}") == folder
+    for key, value in classifier.image_tower.state_dict().items():
+        assert torch.equal(value, lit.image_tower.state_dict()[key]), key
+    assert not any(p.requires_grad for p in lit.image_tower.parameters())  # still locked
+    lit.train()
+    assert not lit.image_tower.training  # a locked tower stays in eval mode
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(lit.image_features(x), classifier.eval().image_tower(x))
+    other = create_model("clip-test-tiny")  # widths 8-16: another tower shape
+    with pytest.raises(InvalidInputError, match="does not fit"):
+        warm_start_image_tower(other, str(folder))
+    diffusion = save_model(create_model("diffusion-test-tiny"), tmp_path / "diff")
+    with pytest.raises(InvalidInputError, match="image tower"):
+        warm_start_image_tower(lit, str(diffusion))
+    with pytest.raises(NotFoundError, match="init_image_tower_from"):
+        warm_start_image_tower(lit, str(tmp_path / "nothing"))
+
+
+def test_classifier_flip_tta_averages_the_mirror_in_eval_only() -> None:
+    from shoplens.registry import create_model
+
+    torch.manual_seed(0)
+    plain = create_model("resnet-test-tiny").eval()
+    torch.manual_seed(0)
+    tta = create_model("resnet-test-tiny", tta_flip=True).eval()
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        a, b, m = plain(x), tta(x), plain(x.flip(-1))
+    assert torch.allclose(b["logits"], (a["logits"] + m["logits"]) / 2, atol=1e-6)
+    mean_attr = (a["attribute_logits"] + m["attribute_logits"]) / 2
+    assert torch.allclose(b["attribute_logits"], mean_attr, atol=1e-6)
+    assert torch.equal(b["features"], a["features"])  # the retrieval embedding is unchanged
+    assert not torch.allclose(a["logits"], b["logits"])  # the mirror changed something
+    tta.train()
+    with torch.no_grad():
+        assert torch.allclose(tta(x)["logits"], plain.train()(x)["logits"])  # training: no TTA

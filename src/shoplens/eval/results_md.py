@@ -161,7 +161,11 @@ def trained_row(results: dict[str, Any]) -> list[str]:
     m, h = results["meta"], headline(results)
     acc = fmt(h["accuracy"])
     if h["accuracy"] is not None:
-        acc += " (head)" if h["classification_method"] == "classifier head" else " (probe)"
+        method = str(h["classification_method"] or "")
+        if method.startswith("classifier head"):
+            acc += " (head, flip TTA)" if "flip TTA" in method else " (head)"
+        else:
+            acc += " (probe)"
     return [
         m["date"],
         f"`{m['model']}`",

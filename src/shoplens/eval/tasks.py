@@ -60,6 +60,9 @@ def classification(ctx: EvalContext) -> dict[str, Any]:
     d = ctx.data
     if ctx.classifier is not None:
         method, pred = "classifier head", np.argmax(_logits(ctx), axis=1)
+        tta = getattr(ctx.encoder, "tta", None)  # e.g. "flip": the head averages a mirror
+        if tta:
+            method += f" ({tta} TTA)"
     else:
         from shoplens.eval.probe import linear_probe
 

@@ -148,6 +148,75 @@ def speed_summary(path: Path | None) -> dict[str, Any]:
     }
 
 
+def training_provenance(model_dir: Path | None) -> dict[str, Any] | None:
+    """How the model was trained, from the run folder around ``model_dir`` (``config.yaml``,
+    ``metrics.json``; a registered model's MLflow artefacts have the same layout) and the
+    MLflow run of that name: steps, batch, precision, warm start and minutes (MLflow run
+    start to end). None when ``model_dir`` is not inside a run folder."""
+    import yaml
+
+    if model_dir is None:
+        return None
+    run_dir = Path(model_dir).parent
+    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    if not cfg_path.is_file() or not metrics_path.is_file():
+        return None
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    train, tracking = cfg.get("train") or {}, cfg.get("tracking") or {}
+    run_name = str(cfg.get("run_name") or run_dir.name)
+    return {
+        "run_name": run_name,
+        "steps": metrics.get("steps"),
+        "batch_size": train.get("batch_size"),
+        "precision": train.get("precision"),
+        "max_minutes": train.get("max_minutes"),
+        "init_from": cfg.get("init_from"),
+        "minutes": _run_minutes(str(tracking.get("experiment") or "shoplens"), run_name),
+    }
+
+
+def _run_minutes(experiment: str, run_name: str) -> float | None:
+    """Start-to-end minutes of the newest finished MLflow run ``run_name`` (None if none)."""
+    from shoplens.config import tracking_uri
+    from shoplens.training.tracking import mlflow_client
+
+    try:
+        client = mlflow_client(tracking_uri())
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.mlflow.runName = '{run_name}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except Exception:  # provenance is best effort: no MLflow, no minutes
+        return None
+    if not runs or runs[0].info.end_time is None:
+        return None
+    return round((runs[0].info.end_time - runs[0].info.start_time) / 60_000, 1)
+
+
+def training_text(t: dict[str, Any] | None) -> str:
+    """One sentence on how the model was trained (empty when unknown)."""
+    if not t:
+        return ""
+    minutes = f"{t['minutes']:g} min" if t.get("minutes") is not None else "time not recorded"
+    start = (
+        f"warm-started (`init_from`) from `{t['init_from']}`, whose own training is not counted"
+        if t.get("init_from")
+        else "one run from scratch (no warm start)"
+    )
+    budget = f", stopping at train.max_minutes {t['max_minutes']:g}" if t.get("max_minutes") else ""
+    return (
+        f"Training of this model: run `{t['run_name']}`, {start}: {t['steps']} steps at batch "
+        f"{t['batch_size']}, {t['precision']} on the CPU{budget}; {minutes} from the MLflow "
+        "run's start to its end (embedding the conditioning images included)."
+    )
+
+
 def run_generate_eval(
     generator: Generator,
     *,
@@ -171,6 +240,7 @@ def run_generate_eval(
     )
     machine = machine_info()
     out["speed"] = speed_summary(bench_json)
+    out["training"] = training_provenance(generator.folder)
     out["meta"] = {
         "model_spec": model_spec,
         "cond_encoder": generator.cond_encoder,
@@ -318,6 +388,10 @@ def markdown_section(out: dict[str, Any], md: Path) -> str:
         f"test split ({out['data']['test_images']}) and train split "
         f"({out['data']['train_images']}).",
         "",
+    ]
+    if training_text(out.get("training")):
+        lines += [training_text(out.get("training")), ""]
+    lines += [
         "| check | measured | target |",
         "|---|---|---|",
         f"| FID vs the {fid['test_images']} test images ({n} samples, own tower, not "

@@ -112,6 +112,7 @@ class Generator:
         self.image_size = int(model.cfg.crop_size)
         self.cond_encoder: str = model.cfg.cond_encoder
         self._pad = (int(model.cfg.image_size) - self.image_size) // 2
+        self.folder: Path | None = None  # the saved model's folder (set by ``load``)
 
     @classmethod
     def load(cls, spec: str) -> Generator:
@@ -131,7 +132,9 @@ class Generator:
             folder = folder / "model"  # a run folder
         if not (folder / MODEL_JSON).is_file():
             raise NotFoundError(f"no saved model in {folder}; {TRAIN_HINT}")
-        return cls(load_model(folder), name)
+        generator = cls(load_model(folder), name)
+        generator.folder = folder
+        return generator
 
     # ---- conditioning ------------------------------------------------------------------
 

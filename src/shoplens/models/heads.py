@@ -3,6 +3,8 @@ attribute head (multi-label sigmoid, one output per ``key=value`` attribute).
 
 Registered as the ``classifier`` family (configs ``resnet-small``, ``vit-small``,
 ``effnet-lite0-ft``). The tower output is the retrieval embedding (``encode_image``).
+``tta_flip``: in eval mode the head's logits are the mean over the image and its mirror
+image (test-time augmentation; training, features and ``encode_image`` are unchanged).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ClassifierConfig:
     label_smoothing: float = 0.1
     attribute_weight: float = 1.0
     head_dropout: float = 0.0
+    tta_flip: bool = False  # eval-mode logits: mean over the image and its mirror
 
 
 class ClassifierHeads(nn.Module):
@@ -86,6 +89,11 @@ class ImageClassifier(RegisteredModel):
         """(B, 3, H, W) -> {"features": (B, D), "logits": (B, C), "attribute_logits": ...}."""
         feats = self.image_tower(images)  # (B, D)
         logits, attr_logits = self.heads(feats)
+        if self.cfg.tta_flip and not self.training:
+            mirror, mirror_attr = self.heads(self.image_tower(images.flip(-1)))
+            logits = (logits + mirror) / 2  # (B, C)
+            if attr_logits is not None and mirror_attr is not None:
+                attr_logits = (attr_logits + mirror_attr) / 2  # (B, A)
         return {"features": feats, "logits": logits, "attribute_logits": attr_logits}
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -54,6 +54,7 @@ class TrainedEncoder(Encoder):
         cfg = getattr(model, "cfg", None)
         self.classes: tuple[str, ...] = tuple(getattr(cfg, "class_names", None) or ())
         self.held_out_classes = tuple(held_out_classes)  # left out of training (zero-shot)
+        self.tta = "flip" if getattr(cfg, "tta_flip", False) else None  # classifier head TTA
         self._category_head = self._head()
         if self._category_head is not None and self.classes:
             self.classify_images = self._classify  # the harness looks for this attribute

@@ -79,6 +79,10 @@ class ExperimentConfig:
     # Warm start: the weights of a trained model (folder or registered NAME@ALIAS) of the
     # same architecture, loaded before step 0 (a resumed run continues from its checkpoint).
     init_from: str | None = None
+    # LiT from your own tower: the image tower weights of a trained model (a classifier or
+    # clip-style model, folder or NAME@ALIAS) copied into this model's image tower before
+    # step 0; the tower configs must give the same shapes. Pair with lock_image=true.
+    init_image_tower_from: str | None = None
 
 
 @dataclass
@@ -411,6 +415,8 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True) -> ExperimentR
         eval_fn = _eval_fn(model, data.val, cfg)
     if cfg.init_from:
         warm_start(model, cfg.init_from)
+    if cfg.init_image_tower_from:
+        warm_start_image_tower(model, cfg.init_image_tower_from)
     tracker = _tracker(cfg, run_name)
     with distributed.session(cfg.train.device) as info:
         result = fit(
@@ -445,7 +451,7 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True) -> ExperimentR
     )
 
 
-def resolve_model_folder(ref: str) -> Path:
+def resolve_model_folder(ref: str, what: str = "init_from") -> Path:
     """A trained model folder from a path, ``trained:DIR`` or a registered ``NAME@ALIAS``."""
     ref = ref.strip()
     if ref.startswith("trained:"):
@@ -458,7 +464,7 @@ def resolve_model_folder(ref: str) -> Path:
     folder = Path(ref).expanduser()
     if not (folder / "model.json").is_file():
         raise NotFoundError(
-            f"init_from: {ref!r} is neither a trained model folder (with model.json) nor a "
+            f"{what}: {ref!r} is neither a trained model folder (with model.json) nor a "
             "registered NAME@champion|challenger"
         )
     return folder
@@ -474,6 +480,27 @@ def warm_start(model: torch.nn.Module, ref: str) -> Path:
     source = load_model(folder)
     load_state(model, source.state_dict(), f"init_from {folder}")
     log.info("warm start from %s", folder)
+    return folder
+
+
+def warm_start_image_tower(model: torch.nn.Module, ref: str) -> Path:
+    """Copy the image tower of the trained model ``ref`` into ``model.image_tower``.
+
+    Raises ``InvalidInputError`` when either model has no image tower or the towers'
+    keys or shapes differ."""
+    from shoplens.models.io import load_model, load_state
+
+    folder = resolve_model_folder(ref, "init_image_tower_from")
+    source = load_model(folder)
+    src_tower = getattr(source, "image_tower", None)
+    dst_tower = getattr(model, "image_tower", None)
+    if not isinstance(src_tower, torch.nn.Module) or not isinstance(dst_tower, torch.nn.Module):
+        raise InvalidInputError(
+            f"init_image_tower_from: {folder} and the model being trained both need an "
+            "image tower (classifier, clip or copydetect families)"
+        )
+    load_state(dst_tower, src_tower.state_dict(), f"init_image_tower_from {folder}")
+    log.info("image tower from %s", folder)
     return folder
 
 
