@@ -285,3 +285,11 @@ def test_catalog_dataset_filters_and_errors(tiny_catalog: object) -> None:
         CatalogDataset(tiny_catalog, attribute_keys=["fabric"])
     with pytest.raises(InvalidInputError, match="no products matching"):
         CatalogDataset(tiny_catalog, where={"size": "huge"})
+
+
+def test_every_class_name_is_among_its_training_nouns() -> None:
+    # zero-shot prompts name a class as labelled ("a photo of a Trouser"): the training
+    # texts must contain that word, else the prompt is out of the learned vocabulary
+    for name in CLASSES:
+        for part in name.lower().split("/"):
+            assert part in FASHION_MNIST_SYNONYMS[name], (name, part)

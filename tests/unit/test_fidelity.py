@@ -221,3 +221,18 @@ def test_training_provenance_reads_the_run_folder_and_mlflow(home: Path) -> None
     )
     assert training_provenance(home / "elsewhere" / "model") is None  # not a run folder
     assert training_text(None) == ""
+
+
+def test_share_interval_is_wilsons() -> None:
+    from shoplens.generate.fidelity_report import share_interval
+
+    # Wilson 95% for 6 of 500: centre (6 + 1.96^2 / 2) / (500 + 1.96^2), by hand
+    z = 1.959963984540054
+    p, n = 6 / 500, 500
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (
+        share_interval(6, 500) == f"95% CI {100 * (centre - half):.1f}-{100 * (centre + half):.1f}%"
+    )
+    assert share_interval(0, 500).startswith("95% CI 0.0-")
+    assert share_interval(0, 0) == ""

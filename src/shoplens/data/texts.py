@@ -20,9 +20,10 @@ import numpy as np
 
 from shoplens.errors import InvalidInputError
 
+# Every class's own name is among its nouns (zero-shot prompts name the class as labelled).
 FASHION_MNIST_SYNONYMS: dict[str, tuple[str, ...]] = {
     "T-shirt/top": ("t-shirt", "tee", "top", "tee shirt", "short-sleeved top", "crew neck tee"),
-    "Trouser": ("trousers", "pants", "jeans", "slacks", "chinos", "leggings"),
+    "Trouser": ("trousers", "pants", "jeans", "slacks", "chinos", "leggings", "trouser"),
     "Pullover": ("pullover", "sweater", "jumper", "knit sweater", "sweatshirt", "cardigan"),
     "Dress": ("dress", "gown", "frock", "summer dress", "midi dress", "evening dress"),
     "Coat": ("coat", "jacket", "overcoat", "parka", "winter coat", "trench coat"),

@@ -273,6 +273,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def share_interval(k: int, n: int) -> str:
+    """Wilson 95% interval of a share ``k / n``, e.g. "95% CI 0.6-2.6%" ("" when n = 0)."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return ""
+    ci = binomtest(int(k), int(n)).proportion_ci(0.95, method="wilson")
+    return f"95% CI {100 * ci.low:.1f}-{100 * ci.high:.1f}%"
+
+
 def _p(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2g}"
 
@@ -415,10 +425,11 @@ def markdown_section(out: dict[str, Any], md: Path) -> str:
         f"| memorised share, tower features (threshold {_f(mf['threshold'], 4)} = "
         f"{_pct(mf['quantile'])} quantile of {mf['calibration_images']} test images' "
         f"distance to their nearest of {mf['train_images']} train images) | "
-        f"{_pct(mf['share'])} ({mf['flagged']} of {mf['samples']}) | < 1% |",
+        f"{_pct(mf['share'])} ({mf['flagged']} of {mf['samples']}; "
+        f"{share_interval(mf['flagged'], mf['samples'])}) | < 1% |",
         f"| memorised share, pixel space (threshold {_f(mp['threshold'], 3)} from "
         f"{mp['calibration_images']} test images) | {_pct(mp['share'])} ({mp['flagged']} "
-        f"of {mp['samples']}) | < 1% |",
+        f"of {mp['samples']}; {share_interval(mp['flagged'], mp['samples'])}) | < 1% |",
     ]
     c = out["customers"]
     for name, r in (c.get("settings") or {}).items():
