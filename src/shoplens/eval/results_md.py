@@ -128,6 +128,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "accuracy": _get(t, "classification", "accuracy"),
         "classification_method": _get(t, "classification", "method"),
+        "classification_tta": _get(t, "classification", "tta"),
         "knn_accuracy": _get(t, "image_retrieval", "knn_accuracy"),
         "text_to_image_r1": _get(t, "text_to_image", "by_label", "recall_at_k", "1"),
         "zero_shot_weighted_f1": _get(t, "zero_shot", "weighted_f1"),
@@ -161,11 +162,9 @@ def trained_row(results: dict[str, Any]) -> list[str]:
     m, h = results["meta"], headline(results)
     acc = fmt(h["accuracy"])
     if h["accuracy"] is not None:
-        method = str(h["classification_method"] or "")
-        if method.startswith("classifier head"):
-            acc += " (head, flip TTA)" if "flip TTA" in method else " (head)"
-        else:
-            acc += " (probe)"
+        tta = h["classification_tta"]
+        head = str(h["classification_method"] or "").startswith("classifier head")
+        acc += (f" (head, {tta} TTA)" if tta else " (head)") if head else " (probe)"
     return [
         m["date"],
         f"`{m['model']}`",

@@ -58,6 +58,7 @@ def _logits(ctx: EvalContext) -> np.ndarray:
 def classification(ctx: EvalContext) -> dict[str, Any]:
     """Classifier head (argmax of logits), else a linear probe on the train embeddings."""
     d = ctx.data
+    tta = None
     if ctx.classifier is not None:
         method, pred = "classifier head", np.argmax(_logits(ctx), axis=1)
         tta = getattr(ctx.encoder, "tta", None)  # e.g. "flip": the head averages a mirror
@@ -68,7 +69,8 @@ def classification(ctx: EvalContext) -> dict[str, Any]:
 
         method = "linear probe (logistic regression, C=1) on train-split embeddings"
         pred = linear_probe(ctx.train_emb, d.train_labels, ctx.test_emb, len(d.classes))
-    return {"method": method, **classification_metrics(d.test_labels, pred, d.classes)}
+    metrics = classification_metrics(d.test_labels, pred, d.classes)
+    return {"method": method, "tta": tta, **metrics}
 
 
 def image_retrieval(ctx: EvalContext) -> dict[str, Any]:

@@ -399,8 +399,9 @@ def markdown_section(out: dict[str, Any], md: Path) -> str:
         f"({out['data']['train_images']}).",
         "",
     ]
-    if training_text(out.get("training")):
-        lines += [training_text(out.get("training")), ""]
+    training = training_text(out.get("training"))
+    if training:
+        lines += [training, ""]
     lines += [
         "| check | measured | target |",
         "|---|---|---|",

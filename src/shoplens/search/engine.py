@@ -120,13 +120,19 @@ class SearchEngine:
         return self.image_build.meta.get("catalog_version") != self.catalog.version()
 
     # ---- helpers ---------------------------------------------------------------------
-    def _allowed(self, filters: Filters | None, build: IndexBuild | None = None) -> Allowed:
+    def _allowed(
+        self,
+        filters: Filters | None,
+        build: IndexBuild | None = None,
+        ids: np.ndarray | None = None,
+    ) -> Allowed:
         """What restricts a search of ``build``: None, the ids matching ``filters`` from
-        the catalogue, or ``filters`` themselves when ``build``'s index filters on product
-        metadata itself (Milvus): then the filter runs inside the vector store."""
+        the catalogue (``ids`` when the caller read them already), or ``filters``
+        themselves when ``build``'s index filters on product metadata itself (Milvus):
+        then the filter runs inside the vector store."""
         if filters and build is not None and metadata_index(build.index) is not None:
             return filters
-        return self._allowed_ids(filters)
+        return ids if ids is not None else self._allowed_ids(filters)
 
     def _allowed_ids(self, filters: Filters | None) -> np.ndarray | None:
         """(M,) int64 ids of the products matching ``filters`` (None: no filter)."""
@@ -246,11 +252,7 @@ class SearchEngine:
             lists.append(self._vector_ranked(self.text_build, q, n, ids))
         if self.encoder.shared_space:
             q = self.encoder.encode_texts([text])
-            image_allowed: Allowed
-            if filters and metadata_index(self.image_build.index) is not None:
-                image_allowed = filters  # pushed down into the vector store
-            else:
-                image_allowed = ids if ids is not None else self._allowed_ids(filters)
+            image_allowed = self._allowed(filters, self.image_build, ids)
             lists.append(self._vector_ranked(self.image_build, q, n, image_allowed))
         if not lists:
             raise NotReadyError(
