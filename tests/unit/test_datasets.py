@@ -197,6 +197,28 @@ def test_batch_augment_identity_and_flip_are_exact() -> None:
     torch.testing.assert_close(BatchAugment(flip, seed=0)(x), x.flip(-1), atol=1e-5, rtol=0)
 
 
+def test_whole_pixel_shift_moves_pixels_without_resampling() -> None:
+    """The ``shift`` preset copies pixels (pad-and-crop with edge replication, maybe
+    mirrored): every output image is its input moved by whole pixels, <= 2 each way."""
+    x = torch.rand(16, 3, 28, 20, generator=torch.Generator().manual_seed(0))
+    out = BatchAugment(augment_preset("shift"), seed=1)(x)
+    pad = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")  # (16, 3, 32, 24)
+    moved = 0
+    for img, src in zip(out, pad, strict=True):
+        views = [
+            v[:, 2 + dy : 2 + dy + 28, 2 + dx : 2 + dx + 20]
+            for v in (src, src.flip(-1))
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        ]
+        match = [i for i, v in enumerate(views) if torch.allclose(img, v, atol=1e-5)]
+        assert match, "an output is not a whole-pixel shift of its input"
+        moved += match[0] not in (12, 37)  # 12 / 37: unshifted, plain / mirrored
+    assert moved >= 8  # most images moved
+    with pytest.raises(InvalidInputError, match="whole_pixels"):
+        AugmentConfig(whole_pixels=True)  # zoom and rotation resample
+
+
 def test_batch_augment_changes_images_within_range_and_is_seeded() -> None:
     x = torch.rand(16, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     cfg = AugmentConfig(blur_p=0.5, jpeg_p=0.5, noise_p=0.5)
@@ -214,7 +236,7 @@ def test_augment_config_validation_names_the_key() -> None:
         AugmentConfig(noise_p=2.0)
     with pytest.raises(InvalidInputError, match=r"augment\.crop_scale"):
         AugmentConfig(crop_scale=(0.9, 0.5))
-    with pytest.raises(InvalidInputError, match="choose one of none, light, robust"):
+    with pytest.raises(InvalidInputError, match="choose one of none, light, shift, robust"):
         augment_preset("strong")
 
 

@@ -13,10 +13,12 @@ from shoplens.personalize.baselines import (
     CoVisitation,
     ImageKNN,
     Popularity,
+    gather_sparse,
     history_weights,
+    top_k_sparse,
 )
 from shoplens.personalize.customer import ContentRecommender, item_vectors, pool_customer
-from shoplens.personalize.types import EVENT_TYPES, History, Interactions
+from shoplens.personalize.types import EVENT_TYPES, History, Interactions, top_k_rows
 
 from ..helpers import random_item_space
 
@@ -232,6 +234,50 @@ def test_covisitation_recommends_the_co_visited_item() -> None:
     np.testing.assert_array_equal(idx[:, 0], [11, 4])
     # 4 and a noise item 3 days later are outside the window: never similar
     assert m.sim[4].toarray()[0][[i for i in range(20) if i != 11]].max() == 0
+
+
+def test_sparse_top_k_and_gather_equal_the_dense_scan() -> None:
+    """top_k_sparse / gather_sparse give what top_k_rows / gather over dense rows give,
+    with rows whose non-zeros are few, many, empty or negative, and exclusions."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n, k = 300, 25
+    dense = np.zeros((5, n), np.float32)
+    dense[0, rng.choice(n, 4, replace=False)] = rng.random(4)  # fewer than k non-zeros
+    dense[1, rng.choice(n, 120, replace=False)] = rng.random(120)
+    dense[3, rng.choice(n, 30, replace=False)] = rng.normal(size=30)  # negative parts
+    dense[4, rng.choice(n, 10, replace=False)] = 1e-7  # below some base gaps
+    base = (rng.random(n) * 1e-6).astype(np.float32)
+    exclude = [rng.choice(n, m, replace=False) for m in (3, 0, 40, 5, 290)]
+    part = sp.csr_matrix(dense)
+    order = np.argsort(-base, kind="stable")
+    idx, val = top_k_sparse(part, base, order, k, exclude)
+    want_idx, want_val = top_k_rows(dense + base, k, exclude)
+    np.testing.assert_array_equal(idx, want_idx)  # distinct scores: one right answer
+    np.testing.assert_array_equal(val, want_val)
+    assert (idx[4] >= 0).sum() == n - 290  # padded when fewer than k can be ranked
+    cand = np.stack([rng.choice(n, 12, replace=False) for _ in range(5)])
+    cand[2, -3:] = -1
+    got = gather_sparse(part, base, cand)
+    want = np.take_along_axis(dense + base, np.maximum(cand, 0), axis=1)
+    np.testing.assert_array_equal(got[cand >= 0], want[cand >= 0])
+    assert np.isnan(got[cand < 0]).all()
+
+
+def test_covisitation_serves_without_dense_rows(world: tuple[Any, Interactions]) -> None:
+    """Co-visitation's recommend / score_items (sparse) agree with its dense score_all."""
+    items, train = world
+    model = CoVisitation()
+    model.fit(train, items)
+    hs = [hist([1, 2, 3]), hist([40, 41]), hist([70]), hist([5, 95, 6], [BUY, VIEW, CART])]
+    idx, val = model.recommend(hs, 10)
+    dense = model.score_all(hs)
+    want_idx, want_val = top_k_rows(dense, 10, [h.items for h in hs])
+    np.testing.assert_allclose(val, want_val, rtol=1e-6)
+    np.testing.assert_array_equal(idx[val > 1e-5], want_idx[want_val > 1e-5])
+    got = model.score_items(hs, idx)
+    np.testing.assert_allclose(got, np.take_along_axis(dense, idx, axis=1), rtol=1e-6)
 
 
 def test_covisitation_window_and_recency() -> None:

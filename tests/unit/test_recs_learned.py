@@ -355,3 +355,35 @@ def test_ann_candidates_agree_with_the_exact_scans_and_do_not_pickle(
     assert overlap >= 0.8, overlap
     for h, row in zip(hs, approx, strict=True):
         assert not np.isin(row, h.items).any() and len(set(row.tolist())) == 10
+
+
+def test_ann_candidates_solve_each_customer_query_once(
+    world: tuple[ItemSpace, Split], fused: FusedRanker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ANN candidates, each retriever's query vectors (a transformer pass, an ALS
+    solve) are computed once per call and reused for the candidates' scores."""
+    _, split = world
+    hs = [h for h in split.histories if len(h)][:6]
+    assert fused.enable_ann(min_items=0, wait=True) is True
+    try:
+        ann_names = [n for n in fused.retriever_n if fused.__dict__["_ann"].get(n) is not None]
+        assert {"als", "sequential", "customer-embedding"} <= set(ann_names)
+        calls: dict[str, int] = dict.fromkeys(ann_names, 0)
+        for name in ann_names:
+            rec = fused.retrievers[name]
+            original = rec.ann_queries
+
+            def counted(histories, _name=name, _orig=original):  # type: ignore[no-untyped-def]
+                calls[_name] += 1
+                return _orig(histories)
+
+            monkeypatch.setattr(rec, "ann_queries", counted)
+        cand = fused.candidates(hs)
+        assert calls == dict.fromkeys(ann_names, 1)
+        for r, name in enumerate(fused.retriever_n):
+            if name in ann_names:  # the same scores as without the reused queries
+                want = fused.retrievers[name].score_items(hs, cand.items)
+                want[~np.isfinite(want)] = np.nan  # as candidates() stores them
+                np.testing.assert_allclose(cand.scores[r], want, rtol=1e-5, atol=1e-6)
+    finally:
+        fused.__dict__.pop("_ann", None)

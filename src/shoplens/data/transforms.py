@@ -51,8 +51,14 @@ class AugmentConfig:
     jpeg_quality: tuple[int, int] = (25, 90)
     noise_p: float = 0.3
     noise_sigma: float = 0.04
+    whole_pixels: bool = False  # shifts by whole pixels: no resampling blur (needs no zoom/turn)
 
     def __post_init__(self) -> None:
+        if self.whole_pixels and (self.crop_scale != (1.0, 1.0) or self.degrees != 0):
+            raise InvalidInputError(
+                "augment.whole_pixels shifts images without resampling; it needs "
+                f"crop_scale (1, 1) and degrees 0, got {self.crop_scale} and {self.degrees}"
+            )
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise InvalidInputError(
@@ -87,6 +93,12 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
         crop_scale=(0.85, 1.0), degrees=0.0, translate=0.06, brightness=0.1, contrast=0.1,
         blur_p=0.05, jpeg_p=0.05, noise_p=0.1,
     ),
+    # flips and shifts of up to 2 whole pixels only (pad-and-crop): training images stay
+    # as sharp as test images (a zoom or sub-pixel shift resamples, i.e. blurs, 28 px images)
+    "shift": AugmentConfig(
+        crop_scale=(1.0, 1.0), degrees=0.0, translate=2 / 28, brightness=0.0, contrast=0.0,
+        blur_p=0.0, jpeg_p=0.0, noise_p=0.0, whole_pixels=True,
+    ),
     # the defaults: also robust to the evaluated crop / noise / brightness / blur+JPEG
     "robust": AugmentConfig(),
     # copy detection: strong photometric damage, no flips or rotations (copies keep them)
@@ -99,7 +111,8 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 
 
 def augment_preset(name: str) -> AugmentConfig:
-    """A named :data:`AUGMENT_PRESETS` entry (``none``, ``light``, ``robust``)."""
+    """A named :data:`AUGMENT_PRESETS` entry (``none``, ``light``, ``shift``, ``robust``,
+    ``copy``)."""
     if name not in AUGMENT_PRESETS:
         raise InvalidInputError(
             f"unknown augmentation preset {name!r}; choose one of {', '.join(AUGMENT_PRESETS)}"
@@ -179,6 +192,9 @@ class BatchAugment:
         room = 1.0 - zoom  # crop centre range keeping the crop inside the image
         shift = [_uniform(b, -1, 1, self.gen) * room + _uniform(b, -2, 2, self.gen) * c.translate
                  for _ in range(2)]  # fmt: skip
+        if c.whole_pixels:  # 2 / side = one pixel in normalised coordinates
+            sides = (x.shape[3], x.shape[2])  # x: width, y: height
+            shift = [(s * n / 2).round() * 2 / n for s, n in zip(shift, sides, strict=True)]
         cos, sin = angle.cos() * zoom, angle.sin() * zoom
         theta = torch.stack(
             [

@@ -124,13 +124,23 @@ def gather_scores(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 class ScoringRecommender:
-    """Shared machinery: subclasses implement ``_scores`` for a chunk of histories."""
+    """Shared machinery: subclasses implement ``_scores`` for a chunk of histories.
+
+    A subclass whose scores are a sparse part plus a fixed per-item ``base`` also
+    implements ``_sparse`` (and sets ``sparse_scores``): ``recommend`` and
+    ``score_items`` then never build (B, N) dense rows (:func:`top_k_sparse`).
+    """
 
     name: str = ""
     n_items: int = 0
+    sparse_scores: bool = False  # _sparse() is implemented
 
     def _scores(self, histories: Sequence[History]) -> np.ndarray:
         """(B, N) float32 scores of every item for at most SCORE_ROWS histories."""
+        raise NotImplementedError
+
+    def _sparse(self, histories: Sequence[History]) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Scores as ((B, N) CSR part, (N,) float32 base): ``_scores`` = part + base."""
         raise NotImplementedError
 
     def _check_fitted(self) -> None:
@@ -159,9 +169,21 @@ class ScoringRecommender:
         for s in range(0, len(histories), SCORE_ROWS):
             chunk = histories[s : s + SCORE_ROWS]
             exclude = _exclusions(chunk) if exclude_seen else None
-            i, v = top_k_rows(self._scores(chunk), k, exclude)
+            if self.sparse_scores:
+                part, base = self._sparse(chunk)
+                i, v = top_k_sparse(part, base, self._base_order(base), k, exclude)
+            else:
+                i, v = top_k_rows(self._scores(chunk), k, exclude)
             idx[s : s + len(chunk)], val[s : s + len(chunk)] = i, v
         return idx, val
+
+    def _base_order(self, base: np.ndarray) -> np.ndarray:
+        """(N,) items by descending ``base`` (cached: the base is fixed after fit)."""
+        cached = self.__dict__.get("_order")
+        if cached is None or cached[0] is not base:
+            cached = (base, np.argsort(-base, kind="stable"))
+            self.__dict__["_order"] = cached
+        return cached[1]
 
     def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
         """(B, C) float32 scores of the (B, C) candidate item indices (-1 -> nan)."""
@@ -172,8 +194,76 @@ class ScoringRecommender:
         out = np.empty(cand.shape, dtype=np.float32)
         for s in range(0, len(histories), SCORE_ROWS):
             chunk = histories[s : s + SCORE_ROWS]
-            out[s : s + len(chunk)] = gather_scores(self._scores(chunk), cand[s : s + len(chunk)])
+            c = cand[s : s + len(chunk)]
+            if self.sparse_scores:
+                out[s : s + len(chunk)] = gather_sparse(*self._sparse(chunk), c)
+            else:
+                out[s : s + len(chunk)] = gather_scores(self._scores(chunk), c)
         return out
+
+
+def _sparse_row(part: sp.csr_matrix, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``r`` of a CSR matrix: (sorted unique columns, their float32 values)."""
+    lo, hi = part.indptr[r], part.indptr[r + 1]
+    cols = np.asarray(part.indices[lo:hi], np.int64)
+    vals = np.asarray(part.data[lo:hi], np.float32)
+    order = np.argsort(cols, kind="stable")
+    return cols[order], vals[order]
+
+
+def _add_sparse(items: np.ndarray, scores: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+    """``scores[i] += vals[j]`` where ``items[i] == cols[j]`` (cols sorted)."""
+    if not len(cols):
+        return
+    at = np.clip(np.searchsorted(cols, items), 0, len(cols) - 1)
+    hit = cols[at] == items
+    scores[hit] += vals[at[hit]]
+
+
+def top_k_sparse(
+    part: sp.csr_matrix,
+    base: np.ndarray,
+    base_order: np.ndarray,
+    k: int,
+    exclude: Sequence[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k_rows` of ``part.toarray() + base`` without the dense (B, N) rows.
+
+    ``base_order``: the items by descending ``base``. A row's top ``k`` lies among its
+    non-zero columns and the first ``k + len(exclude) + nnz`` items of ``base_order``:
+    any other item scores ``base`` only, and at least ``k`` of those first items are
+    neither excluded nor non-zero, each scoring at least as much.
+    """
+    b, n = part.shape
+    idx = np.full((b, k), -1, dtype=np.int64)
+    val = np.full((b, k), -np.inf, dtype=np.float32)
+    for r in range(b):
+        cols, vals = _sparse_row(part, r)
+        seen = np.asarray(exclude[r], np.int64) if exclude is not None else np.empty(0, np.int64)
+        pool = np.union1d(cols, base_order[: min(n, k + len(seen) + len(cols))])  # sorted
+        if len(seen):
+            pool = pool[~np.isin(pool, seen)]
+        scores = base[pool].astype(np.float32)  # (P,)
+        _add_sparse(pool, scores, cols, vals)
+        ok = np.isfinite(scores)
+        pool, scores = pool[ok], scores[ok]
+        top = np.argsort(-scores, kind="stable")[:k]
+        idx[r, : len(top)], val[r, : len(top)] = pool[top], scores[top]
+    return idx, val
+
+
+def gather_sparse(part: sp.csr_matrix, base: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """:func:`gather_scores` of ``part.toarray() + base`` without the dense rows."""
+    cand = np.asarray(candidates, dtype=np.int64)
+    if cand.ndim != 2 or cand.shape[0] != part.shape[0]:
+        raise ValueError(f"candidates must be (B, C) with B={part.shape[0]}, got {cand.shape}")
+    pad = cand < 0
+    safe = np.where(pad, 0, cand)
+    out = base[safe].astype(np.float32)  # (B, C)
+    for r in range(len(cand)):
+        _add_sparse(safe[r], out[r], *_sparse_row(part, r))
+    out[pad] = np.nan
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -265,6 +355,13 @@ class CoVisitation(ScoringRecommender):
         self.sim = _top_per_row(sp.csr_matrix(d @ counts @ d), self.max_neighbours)
         self.prior = _prior(_popularity(train, n, None))
         self.n_items = n
+        self.__dict__.pop("_base", None)  # the tie-break of the previous fit
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for cache in ("_base", "_order"):  # rebuilt on first use
+            state.pop(cache, None)
+        return state
 
     def neighbours(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most co-visited items of ``item``: ((<=k,) int64, (<=k,) float32)."""
@@ -275,10 +372,18 @@ class CoVisitation(ScoringRecommender):
         order = np.argsort(-val, kind="stable")[:k]
         return idx[order], val[order]
 
+    sparse_scores = True
+
     def _scores(self, histories: Sequence[History]) -> np.ndarray:
+        part, base = self._sparse(histories)
+        return np.asarray(part.toarray(), dtype=np.float32) + base  # (B, N)
+
+    def _sparse(self, histories: Sequence[History]) -> tuple[sp.csr_matrix, np.ndarray]:
         w = history_matrix(histories, self.n_items, self.half_life_days)  # (B, N)
-        scores = np.asarray((w @ self.sim).toarray(), dtype=np.float32)  # (B, N)
-        return scores + TIE_BREAK * self.prior
+        base = self.__dict__.get("_base")
+        if base is None:  # the tie-break, once per fit
+            base = self.__dict__["_base"] = (TIE_BREAK * self.prior).astype(np.float32)
+        return sp.csr_matrix(w @ self.sim, dtype=np.float32), base
 
 
 def _covisit_counts(train: Interactions, n_items: int, window_s: float) -> sp.csr_matrix:
@@ -479,15 +584,21 @@ class ALS(ScoringRecommender):
         """(B, F) query vectors whose inner products with the item factors rank items."""
         return self.user_factors(histories)
 
-    def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
+    def score_items(
+        self,
+        histories: Sequence[History],
+        candidates: np.ndarray,
+        queries: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(B, C) scores of the candidates (as ``score_all`` gives them, -1 -> nan),
-        computed from the candidates' factors only."""
+        computed from the candidates' factors only (``queries``: this ``ann_queries(
+        histories)`` when the caller has it already)."""
         self._check_fitted()
         cand = np.asarray(candidates, dtype=np.int64)
         if cand.ndim != 2 or cand.shape[0] != len(histories):
             raise ValueError(f"candidates must be (B, C) with B={len(histories)}, got {cand.shape}")
         safe = np.maximum(cand, 0)  # (B, C)
-        u = self.user_factors(histories)  # (B, F)
+        u = self.user_factors(histories) if queries is None else queries  # (B, F)
         out = np.einsum("bcf,bf->bc", self.item_factors[safe], u).astype(np.float32)
         out += TIE_BREAK * self.prior[safe]
         out[~self.known[safe]] = -np.inf

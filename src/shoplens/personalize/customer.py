@@ -179,8 +179,16 @@ class ContentRecommender:
                 idx[s + r], val[s + r] = i[0], v[0]
         return idx, val
 
-    def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
-        """(B, C) float32 cosines of the candidate items (-1 -> nan; popularity if empty)."""
+    def score_items(
+        self,
+        histories: Sequence[History],
+        candidates: np.ndarray,
+        queries: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(B, C) float32 cosines of the candidate items (-1 -> nan; popularity if empty).
+
+        ``queries``: this ``ann_queries(histories)`` when the caller has it already.
+        """
         self._fitted()
         cand = np.asarray(candidates, dtype=np.int64)
         if cand.ndim != 2 or cand.shape[0] != len(histories):
@@ -191,7 +199,7 @@ class ContentRecommender:
         step = max(1, MAX_GATHER // max(1, cand.shape[1] * self.vectors.shape[1]))
         for s in range(0, len(histories), step):
             chunk = histories[s : s + step]
-            q = self.customer_vectors(chunk)  # (b, D')
+            q = self.customer_vectors(chunk) if queries is None else queries[s : s + len(chunk)]
             c = safe[s : s + len(chunk)]  # (b, C)
             out[s : s + len(chunk)] = np.einsum("bd,bcd->bc", q, self.vectors[c])
             for r, h in enumerate(chunk):

@@ -45,6 +45,9 @@ CHUNK = 256  # histories processed at once (bounds the (b, N) score matrices)
 # LightGBM's predict on one booster from several threads races in its predictor set-up
 # (LightGBM issues 6142, 5482); everything else in a recommendation runs concurrently.
 _PREDICT_LOCK = threading.Lock()
+# Fewer rows than this (one customer's candidates) are scored on one thread: LightGBM's
+# OpenMP start-up costs more than it gains there, and a service runs requests in parallel.
+PARALLEL_PREDICT_ROWS = 4096
 DEFAULT_RETRIEVERS: dict[str, int] = {
     "customer-embedding": 100,
     "als": 100,
@@ -335,13 +338,19 @@ class FusedRanker:
         exclude = [np.asarray(h.items, np.int64) for h in histories] if exclude_seen else None
         lists: list[np.ndarray] = []  # per retriever (b, n_r) item indices
         full: dict[str, np.ndarray] = {}  # (b, N) scores of retrievers that give them
+        queries: dict[str, np.ndarray] = {}  # (b, d) ANN queries, reused for the scores
         ann = self.__dict__.get("_ann")
         for name in names:
             rec, k = self.retrievers[name], self.retriever_n[name]
             index = ann.get(name) if ann is not None else None
             if index is not None and all(len(h) for h in histories):
-                idx, _ = index.search(rec.ann_queries(histories), k, exclude)
-            elif hasattr(rec, "score_all") and name != "popularity":
+                queries[name] = rec.ann_queries(histories)
+                idx, _ = index.search(queries[name], k, exclude)
+            elif (
+                hasattr(rec, "score_all")
+                and name != "popularity"
+                and not getattr(rec, "sparse_scores", False)  # its recommend() is cheaper
+            ):
                 scores = rec.score_all(histories)  # (b, N)
                 idx, _ = top_k_rows(scores, k, exclude)
                 full[name] = scores
@@ -386,6 +395,8 @@ class FusedRanker:
             if name in full:
                 got = np.take_along_axis(full[name], np.maximum(cand, 0), axis=1)
                 scores[r] = np.where(cand >= 0, got, np.nan)
+            elif name in queries:
+                scores[r] = self.retrievers[name].score_items(histories, cand, queries[name])
             else:
                 scores[r] = self.retrievers[name].score_items(histories, cand)
         scores[~np.isfinite(scores)] = np.nan  # e.g. ALS's -inf for cold items
@@ -621,8 +632,9 @@ class FusedRanker:
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         """(M, F) features -> (M,) float32 ranker scores."""
+        threads = self.num_threads if len(x) >= PARALLEL_PREDICT_ROWS else 1
         with _PREDICT_LOCK:
-            out = self.model.booster_.predict(x, num_threads=self.num_threads)
+            out = self.model.booster_.predict(x, num_threads=threads)
         return np.asarray(out, np.float32)
 
     def enable_ann(self, min_items: int | None = None, *, wait: bool = False) -> bool:

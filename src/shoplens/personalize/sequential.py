@@ -412,10 +412,18 @@ class SequentialRecommender:
         """(B, d) scaled customer vectors: inner products with the item table = scores."""
         return self.customer_vectors(histories) * self._require().scale
 
-    def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
-        """(B, C) int64 candidates (-1 padded) -> (B, C) float32 scores (nan for padding)."""
+    def score_items(
+        self,
+        histories: Sequence[History],
+        candidates: np.ndarray,
+        queries: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(B, C) int64 candidates (-1 padded) -> (B, C) float32 scores (nan for padding).
+
+        ``queries``: this ``ann_queries(histories)`` when the caller has it already.
+        """
         cand = np.asarray(candidates, dtype=np.int64)
-        cv = self.customer_vectors(histories) * self._require().scale  # (B, d)
+        cv = self.ann_queries(histories) if queries is None else queries  # (B, d)
         vecs = self.item_matrix[np.maximum(cand, 0)]  # (B, C, d)
         scores = np.einsum("bcd,bd->bc", vecs, cv).astype(np.float32)
         scores[cand < 0] = np.nan

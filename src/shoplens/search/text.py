@@ -35,17 +35,34 @@ class Bm25:
         tokens = [t for t in tokenize([text])[0] if t in self._vocab]
         if not tokens or len(self.ids) == 0:
             return []
-        mask = None
+        scores = np.asarray(self.retriever.get_scores(tokens), np.float32)  # type: ignore[attr-defined]  # (N,)
         if allowed is not None:
-            mask = np.zeros(len(self.ids), dtype=np.float32)
             pos = [self._pos[int(i)] for i in allowed if int(i) in self._pos]
             if not pos:
                 return []
-            mask[pos] = 1.0
-        n = min(n, len(self.ids))
-        docs, scores = self.retriever.retrieve(  # type: ignore[attr-defined]
-            [tokens], k=n, show_progress=False, weight_mask=mask, n_threads=0
-        )
-        return [
-            (int(self.ids[d]), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0
-        ]
+            keep = np.zeros(len(self.ids), dtype=bool)
+            keep[pos] = True
+            scores = np.where(keep, scores, 0.0)
+        docs = top_positive(scores, n)
+        return [(int(self.ids[d]), float(scores[d])) for d in docs.tolist()]
+
+
+def top_positive(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` highest positive ``scores`` (N,), best first; ties in
+    position order.
+
+    bm25s's own top-k (``argpartition`` at ``N - k``) takes ~12 ms on 70,000 scores of a
+    few distinct values (short catalogue titles tie a lot); this selects among the
+    positive scores only and breaks ties deterministically.
+    """
+    pos = np.flatnonzero(scores > 0)  # (P,)
+    if n <= 0:
+        return pos[:0]
+    if len(pos) > n:
+        vals = scores[pos]
+        cut = np.partition(vals, len(vals) - n)[len(vals) - n]  # the n-th highest value
+        above = pos[vals > cut]
+        tied = pos[vals == cut][: n - len(above)]  # lowest positions first
+        pos = np.concatenate([above, tied])
+    order = np.lexsort((pos, -scores[pos]))  # score descending, then position
+    return pos[order]

@@ -49,7 +49,7 @@ class DataConfig:
     val_fraction: float = 0.1  # held out of training for the epoch-end metrics
     held_out: list[str] = field(default_factory=list)  # classes left out of training
     limit: int | None = None  # first N training items (quick runs)
-    augment: str = "robust"  # preset: robust (crops, blur, JPEG, noise, ...), light, none
+    augment: str = "robust"  # preset: robust, light, shift, copy, none (AUGMENT_PRESETS)
     image_size: int = 28  # catalogue images are resized to this (Fashion-MNIST is 28)
     eval_items: int = 2000  # validation items scored at epoch ends
     base_model: str | None = None  # combiner: folder of the trained clip model
