@@ -171,3 +171,10 @@ def test_generate_eval_command(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: n_per_class") and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:  # an unknown catalogue: before sampling
+        main(["generate", "eval", "--model", setup["model"], "--classifier",
+              setup["classifier"], "--catalog", "no-such-shop", "--n-per-class", "4",
+              "--steps", "2"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no-such-shop" in err and "generating" not in err

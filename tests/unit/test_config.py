@@ -145,3 +145,16 @@ def test_train_config_checks_values_on_construction() -> None:
         TrainConfig(accum_steps=0)
     assert TrainConfig(warmup_ratio=0.1).warmup(100) == 10
     assert TrainConfig(warmup_steps=5, warmup_ratio=0.5).warmup(100) == 5
+
+
+def test_train_help_names_every_built_in_recipe() -> None:
+    from typer.testing import CliRunner
+
+    from shoplens.cli import app
+    from shoplens.training.experiment import list_recipes, resolve_config_path
+
+    names = list_recipes()
+    assert {"fmnist-resnet", "fmnist-lit", "fmnist-diffusion"} <= set(names)
+    out = CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output
+    assert all(name in out for name in names), out
+    assert all(resolve_config_path(n) is not None for n in names)

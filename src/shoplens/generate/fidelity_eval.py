@@ -402,6 +402,11 @@ def evaluate_generator(
         prompt_per_class=prompt_per_class, quantile=quantile,
     )  # fmt: skip
     generator.make_scheduler(scheduler)  # an unknown sampler fails before any work
+    if customers and catalog:  # so does an unknown catalogue (not after the sampling)
+        from shoplens.catalog.store import Catalog
+
+        with Catalog.open(catalog):
+            pass
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from shoplens import progress
+
+# the built-in recipes (training/recipes/*.yaml), read without importing torch
+RECIPE_NAMES = sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
 
 models_app = typer.Typer(help="Model configs, registered models and aliases.", no_args_is_help=True)
 
@@ -31,8 +35,8 @@ def train_command(
         str | None,
         typer.Option(
             "--config",
-            help="YAML file or built-in recipe (fmnist-resnet, fmnist-clip, fmnist-combiner, "
-            "fmnist-copydetect); defaults <- YAML <- overrides.",
+            help="YAML file or built-in recipe (" + ", ".join(RECIPE_NAMES) + "); "
+            "defaults <- YAML <- overrides.",
         ),
     ] = None,
     fresh: Annotated[
