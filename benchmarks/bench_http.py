@@ -597,7 +597,7 @@ def _met(ok: bool) -> str:
 def render(r: Row) -> str:
     m = r["machine"]
     st = r["settings"]
-    load = max(r["load_average"])
+    load = r["load_average"][0]  # before this benchmark started anything: other work
     v = r["versions"]
     vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "faiss-cpu", "uvicorn", "httpx") if k in v)
     threads = f"torch threads {st['torch_threads']}, FAISS threads {st['faiss_threads']}"
@@ -616,9 +616,11 @@ def render(r: Row) -> str:
         f"loop), {st['requests']} requests per level (text search: half) after "
         f"{st['warmup']} warm-up requests. Micro-batching is on (max batch "
         f"{st['max_batch']}, max wait {st['max_wait_ms']:g} ms) unless said otherwise. "
-        f"Load average while measuring: {', '.join(f'{x:.1f}' for x in r['load_average'])} "
-        f"(max {load:.1f}) on {m['nproc']} cores: other jobs shared the CPU, so absolute "
-        "figures are pessimistic and vary between runs; the comparisons are interleaved.",
+        f"Load average {load:.1f} before the benchmark started (other work), then "
+        f"{', '.join(f'{x:.1f}' for x in r['load_average'][1:])} while measuring on "
+        f"{m['nproc']} cores: those include this benchmark's own service processes and "
+        "load generator. Absolute figures vary between runs; the comparisons are "
+        "interleaved.",
         "",
         "### Latency by route and concurrency",
         "",

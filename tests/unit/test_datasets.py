@@ -219,6 +219,27 @@ def test_whole_pixel_shift_moves_pixels_without_resampling() -> None:
         AugmentConfig(whole_pixels=True)  # zoom and rotation resample
 
 
+def test_random_erasing_zeroes_one_rectangle_in_about_half_the_images() -> None:
+    x = torch.rand(200, 3, 28, 28, generator=torch.Generator().manual_seed(0)) + 0.05
+    cfg = AugmentConfig(**{**OFF.__dict__, "erase_p": 0.5, "erase_scale": (0.05, 0.2)})
+    out = BatchAugment(cfg, seed=0)(x)
+    zero = out == 0  # (B, 3, H, W): the input has no zeros
+    erased = zero.flatten(1).any(dim=1)
+    assert 0.35 < erased.float().mean() < 0.65
+    torch.testing.assert_close(out[~erased], x[~erased].clamp(0, 1))
+    for img, z in zip(out[erased], zero[erased], strict=True):
+        assert (z[0] == z[1]).all() and (z[0] == z[2]).all()  # all channels
+        r, c = z[0].any(dim=1).nonzero().flatten(), z[0].any(dim=0).nonzero().flatten()
+        box = z[0][r.min() : r.max() + 1, c.min() : c.max() + 1]
+        assert box.all() and int(box.sum()) == int(z[0].sum())  # one filled rectangle
+        assert 0.04 * 784 <= box.numel() <= 0.25 * 784
+        assert (img[~z] > 0).all()
+    with pytest.raises(InvalidInputError, match=r"augment\.erase_p"):
+        AugmentConfig(erase_p=1.5)
+    with pytest.raises(InvalidInputError, match=r"augment\.erase_scale"):
+        AugmentConfig(erase_scale=(0.3, 0.1))
+
+
 def test_batch_augment_changes_images_within_range_and_is_seeded() -> None:
     x = torch.rand(16, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     cfg = AugmentConfig(blur_p=0.5, jpeg_p=0.5, noise_p=0.5)
@@ -236,7 +257,7 @@ def test_augment_config_validation_names_the_key() -> None:
         AugmentConfig(noise_p=2.0)
     with pytest.raises(InvalidInputError, match=r"augment\.crop_scale"):
         AugmentConfig(crop_scale=(0.9, 0.5))
-    with pytest.raises(InvalidInputError, match="choose one of none, light, shift, robust"):
+    with pytest.raises(InvalidInputError, match="choose one of none, light, shift, shift-erase, robust"):
         augment_preset("strong")
 
 

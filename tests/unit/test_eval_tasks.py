@@ -196,8 +196,8 @@ def test_classification_with_a_head_and_with_a_linear_probe() -> None:
     assert tta["classification"]["method"] == "classifier head (flip TTA)"
     meta = {"date": "d", "model": "m", "data_description": "x", "seed": 0, "eval_s": 1.0}
     meta["machine"] = {"nproc": 2, "cpu": "cpu"}
-    assert trained_row({"meta": meta, "tasks": tta})[4] == "0.250 (head, flip TTA)"
-    assert trained_row({"meta": meta, "tasks": got})[4] == "0.250 (head)"
+    assert trained_row({"meta": meta, "tasks": tta})[4] == "0.2500 (head, flip TTA)"
+    assert trained_row({"meta": meta, "tasks": got})[4] == "0.2500 (head)"
 
     probe = run_tasks(EvalContext(data, ColourEncoder()), ["classification"])["classification"]
     assert probe["method"].startswith("linear probe")

@@ -52,6 +52,8 @@ class AugmentConfig:
     noise_p: float = 0.3
     noise_sigma: float = 0.04
     whole_pixels: bool = False  # shifts by whole pixels: no resampling blur (needs no zoom/turn)
+    erase_p: float = 0.0  # random erasing: a rectangle of the image set to 0 (Zhong et al.)
+    erase_scale: tuple[float, float] = (0.02, 0.25)  # its area, as a fraction of the image
 
     def __post_init__(self) -> None:
         if self.whole_pixels and (self.crop_scale != (1.0, 1.0) or self.degrees != 0):
@@ -64,7 +66,11 @@ class AugmentConfig:
             raise InvalidInputError(
                 f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}"
             )
-        for key in ("flip_p", "blur_p", "jpeg_p", "noise_p"):
+        if not 0.0 < self.erase_scale[0] <= self.erase_scale[1] <= 1.0:
+            raise InvalidInputError(
+                f"augment.erase_scale must satisfy 0 < lo <= hi <= 1, got {self.erase_scale}"
+            )
+        for key in ("flip_p", "blur_p", "jpeg_p", "noise_p", "erase_p"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise InvalidInputError(
                     f"augment.{key} must be in [0, 1], got {getattr(self, key)}"
@@ -99,6 +105,11 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
         crop_scale=(1.0, 1.0), degrees=0.0, translate=2 / 28, brightness=0.0, contrast=0.0,
         blur_p=0.0, jpeg_p=0.0, noise_p=0.0, whole_pixels=True,
     ),
+    # "shift" plus random erasing of half the images (occlusion; Zhong et al. 2017)
+    "shift-erase": AugmentConfig(
+        crop_scale=(1.0, 1.0), degrees=0.0, translate=2 / 28, brightness=0.0, contrast=0.0,
+        blur_p=0.0, jpeg_p=0.0, noise_p=0.0, whole_pixels=True, erase_p=0.5,
+    ),
     # the defaults: also robust to the evaluated crop / noise / brightness / blur+JPEG
     "robust": AugmentConfig(),
     # copy detection: strong photometric damage, no flips or rotations (copies keep them)
@@ -111,8 +122,8 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 
 
 def augment_preset(name: str) -> AugmentConfig:
-    """A named :data:`AUGMENT_PRESETS` entry (``none``, ``light``, ``shift``, ``robust``,
-    ``copy``)."""
+    """A named :data:`AUGMENT_PRESETS` entry (``none``, ``light``, ``shift``,
+    ``shift-erase``, ``robust``, ``copy``)."""
     if name not in AUGMENT_PRESETS:
         raise InvalidInputError(
             f"unknown augmentation preset {name!r}; choose one of {', '.join(AUGMENT_PRESETS)}"
@@ -179,7 +190,8 @@ class BatchAugment:
         x = self._photometric(x)
         x = self._blur(x)
         x = self._jpeg(x)
-        return self._noise(x).clamp(0.0, 1.0)
+        x = self._noise(x).clamp(0.0, 1.0)
+        return self._erase(x)
 
     def _pick(self, p: float, n: int) -> torch.Tensor:
         return torch.nonzero(torch.rand(n, generator=self.gen) < p).flatten()  # (k,)
@@ -233,6 +245,28 @@ class BatchAugment:
         as_u8 = (x[idx] * 255.0).round().clamp(0, 255).to(torch.uint8).cpu()
         x = x.clone()
         x[idx] = to_float(TF.jpeg(as_u8, quality)).to(x)
+        return x
+
+    def _erase(self, x: torch.Tensor) -> torch.Tensor:
+        """Set one random rectangle (area ``erase_scale``, aspect 0.3-3.3) to 0 in a
+        random ``erase_p`` share of the images."""
+        idx = self._pick(self.cfg.erase_p, x.shape[0])
+        if not len(idx):
+            return x
+        k, (h, w) = len(idx), x.shape[2:]
+        area = _uniform(k, *self.cfg.erase_scale, self.gen) * h * w  # (k,) pixels
+        aspect = torch.exp(_uniform(k, math.log(0.3), math.log(1 / 0.3), self.gen))
+        eh = (area * aspect).sqrt().round().clamp(1, h)  # (k,)
+        ew = (area / aspect).sqrt().round().clamp(1, w)
+        y0 = (torch.rand(k, generator=self.gen) * (h - eh + 1)).floor()  # (k,)
+        x0 = (torch.rand(k, generator=self.gen) * (w - ew + 1)).floor()
+        rows = torch.arange(h)[None, :]  # (1, H)
+        cols = torch.arange(w)[None, :]  # (1, W)
+        in_r = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])  # (k, H)
+        in_c = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])  # (k, W)
+        keep = ~(in_r[:, :, None] & in_c[:, None, :])  # (k, H, W)
+        x = x.clone()
+        x[idx] = x[idx] * keep[:, None].to(x)
         return x
 
     def _noise(self, x: torch.Tensor) -> torch.Tensor:

@@ -162,6 +162,7 @@ def trained_row(results: dict[str, Any]) -> list[str]:
     m, h = results["meta"], headline(results)
     acc = fmt(h["accuracy"])
     if h["accuracy"] is not None:
+        acc = f"{h['accuracy']:.4f}"  # one test image in 10,000: targets sit at 0.0001
         tta = h["classification_tta"]
         head = str(h["classification_method"] or "").startswith("classifier head")
         acc += (f" (head, {tta} TTA)" if tta else " (head)") if head else " (probe)"

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from shoplens.errors import InvalidInputError
+from shoplens.personalize.baselines import gather_sparse, top_k_sparse
 from shoplens.personalize.types import TYPE_WEIGHTS, History, Interactions, ItemSpace, top_k_rows
 
 logger = logging.getLogger(__name__)
@@ -339,6 +340,7 @@ class FusedRanker:
         lists: list[np.ndarray] = []  # per retriever (b, n_r) item indices
         full: dict[str, np.ndarray] = {}  # (b, N) scores of retrievers that give them
         queries: dict[str, np.ndarray] = {}  # (b, d) ANN queries, reused for the scores
+        parts: dict[str, tuple[Any, np.ndarray]] = {}  # sparse score parts, reused
         ann = self.__dict__.get("_ann")
         for name in names:
             rec, k = self.retrievers[name], self.retriever_n[name]
@@ -346,11 +348,11 @@ class FusedRanker:
             if index is not None and all(len(h) for h in histories):
                 queries[name] = rec.ann_queries(histories)
                 idx, _ = index.search(queries[name], k, exclude)
-            elif (
-                hasattr(rec, "score_all")
-                and name != "popularity"
-                and not getattr(rec, "sparse_scores", False)  # its recommend() is cheaper
-            ):
+            elif getattr(rec, "sparse_scores", False):  # no dense (b, N) rows
+                parts[name] = rec.score_parts(histories)
+                part, base = parts[name]
+                idx, _ = top_k_sparse(part, base, rec.base_order(base), k, exclude)
+            elif hasattr(rec, "score_all") and name != "popularity":
                 scores = rec.score_all(histories)  # (b, N)
                 idx, _ = top_k_rows(scores, k, exclude)
                 full[name] = scores
@@ -397,6 +399,8 @@ class FusedRanker:
                 scores[r] = np.where(cand >= 0, got, np.nan)
             elif name in queries:
                 scores[r] = self.retrievers[name].score_items(histories, cand, queries[name])
+            elif name in parts:
+                scores[r] = gather_sparse(parts[name][0], parts[name][1], cand)
             else:
                 scores[r] = self.retrievers[name].score_items(histories, cand)
         scores[~np.isfinite(scores)] = np.nan  # e.g. ALS's -inf for cold items

@@ -374,7 +374,7 @@ class SequentialRecommender:
                     items[r, :m] = h.items[-m:]
                     types[r, :m] = h.types[-m:]
                     gaps[r, :m] = gap_buckets(h.timestamps[-m:])
-            with torch.no_grad():
+            with torch.inference_mode():
                 vecs = table[torch.from_numpy(items)]  # (b, W, d)
                 h_out = net.encode(vecs, torch.from_numpy(types), torch.from_numpy(gaps))
                 last = torch.from_numpy(np.maximum(lengths - 1, 0))  # (b,)
