@@ -719,18 +719,17 @@ def render(r: Row) -> str:
     if all(v is not None for v in shares.values()):
         lines += [
             "",
-            "How much batching can give: with batching off, the encoders' forward passes "
-            "took "
+            "How much batching can give: with batching off, at concurrency 8, the "
+            "encoders' forward passes (timed under that load) took "
             + " and ".join(
                 f"{100 * v:.0f}% of the in-app time of {route}" for route, v in shares.items()
             )
             + " (`shoplens_encode_seconds` / `shoplens_http_request_seconds` of the route). "
             "Batching shrinks only that part, so the throughput gain is below "
             + " and ".join(f"{1 / (1 - v):.2f}x for {route}" for route, v in shares.items())
-            + " even if batched passes cost nothing: the demo's image encoder is a 28-px "
-            "CNN (about 2 ms a query), small next to the HTTP, image decoding, search "
-            "and product reads of each request; the text route runs MiniLM (the heavier "
-            "encoder) for its dense text ranking.",
+            + " even if batched passes cost nothing. The text route runs MiniLM for its "
+            "dense text ranking besides the demo model's text tower; the image route "
+            "runs the demo's 28-px CNN.",
         ]
     # overhead
     o = r["overhead"]
