@@ -451,6 +451,29 @@ def test_generation_results_slot_in_and_bad_files_are_skipped(tmp_path: Path) ->
     assert "classification" in s["missing"] and "retrieval" in s["missing"]
     assert "broken.json" in html
 
+    # what `shoplens generate eval` writes (generate-*.json): one summary row per eval,
+    # every number of the newest only
+    newer = {
+        "meta": {"date": "2026-12-02", "commit": "8888888", "model_spec": "/runs/gen-v3/model"},
+        "settings": {"guidance": 3.0, "steps": 50, "scheduler": "ddpm"},
+        "samples": {"n": 1000},
+        "conditional_accuracy": {"overall": 0.989},
+        "fid": {"value": 1.6347, "real_floor": 0.343},
+        "memorisation": {"features": {"share": 0.006}, "pixels": {"share": 0.002}},
+        "customers": {"settings": {"any category": {"mean_conditioned": 0.9323,
+                                                    "mean_unconditioned": 0.4055}}},
+        "edits": {"inpainting_outside_mask_identical": 1.0},
+    }  # fmt: skip
+    (evals / "generate-20261202-101010.json").write_text(json.dumps(newer))
+    s = build_report(tmp_path / "home", out, tmp_path, tmp_path, tmp_path / "no.json")
+    html = out.read_text("utf-8")
+    assert not any("generate-2026" in p for p in s["problems"])
+    assert "Generation evals: the fidelity checks" in html and "not Inception" in html
+    for cell in ("0.989", "1.635", "0.006", "0.932", "0.405", "1,000", "ddpm"):
+        assert cell in html, cell
+    assert "generate-20261202-101010): every number" in html and "1.6347" in html
+    assert "gen-tiny-20261201" in html and "results.fid" not in html  # older: its row only
+
 
 def test_report_command_writes_and_prints_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
