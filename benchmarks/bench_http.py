@@ -421,13 +421,17 @@ def compare_configs(
     return out
 
 
+# the encoders' labels in /metrics (batch_sizes also returns "search": the route's seconds)
+ENCODE_KINDS = ("image", "text")
+
+
 def _mean_batch(before: Row, after: Row) -> dict[str, float]:
     """Mean queries per forward pass between two /metrics readings, per kind."""
     out = {}
-    for kind, x in after.items():
-        if kind == "search":
+    for kind in ENCODE_KINDS:
+        if kind not in after:
             continue
-        b = before.get(kind, {"passes": 0, "mean_batch": 0.0})
+        x, b = after[kind], before.get(kind, {"passes": 0, "mean_batch": 0.0})
         passes = x["passes"] - b["passes"]
         if passes > 0:
             out[kind] = (x["mean_batch"] * x["passes"] - b["mean_batch"] * b["passes"]) / passes
@@ -457,7 +461,7 @@ def batch_sizes(base: str) -> Row:
     seconds of POST /v1/search ("search"), from the service's /metrics."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     out: Row = {}
-    for kind in ("image", "text"):
+    for kind in ENCODE_KINDS:
         label = f'{{kind="{kind}"}}'
         count = _metric(text, f"shoplens_encode_batch_size_count{label}")
         if count:
@@ -664,7 +668,7 @@ def render(r: Row) -> str:
             + ", ".join(
                 f"{k} {x['mean_batch']:.1f} queries per forward pass ({x['passes']} passes)"
                 for k, x in mb.items()
-                if k != "search"
+                if k in ENCODE_KINDS
             )
             + ".",
         ]

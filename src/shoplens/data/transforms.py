@@ -17,7 +17,7 @@ implementations of one :class:`AugmentConfig`:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -88,6 +88,13 @@ class AugmentConfig:
             )
 
 
+# flips and shifts of up to 2 whole pixels only (pad-and-crop): training images stay as
+# sharp as test images (a zoom or sub-pixel shift resamples, i.e. blurs, 28 px images)
+_SHIFT = AugmentConfig(
+    crop_scale=(1.0, 1.0), degrees=0.0, translate=2 / 28, brightness=0.0, contrast=0.0,
+    blur_p=0.0, jpeg_p=0.0, noise_p=0.0, whole_pixels=True,
+)  # fmt: skip
+
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     # no change at all (evaluation, LiT with cached locked features)
     "none": AugmentConfig(
@@ -99,17 +106,9 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
         crop_scale=(0.85, 1.0), degrees=0.0, translate=0.06, brightness=0.1, contrast=0.1,
         blur_p=0.05, jpeg_p=0.05, noise_p=0.1,
     ),
-    # flips and shifts of up to 2 whole pixels only (pad-and-crop): training images stay
-    # as sharp as test images (a zoom or sub-pixel shift resamples, i.e. blurs, 28 px images)
-    "shift": AugmentConfig(
-        crop_scale=(1.0, 1.0), degrees=0.0, translate=2 / 28, brightness=0.0, contrast=0.0,
-        blur_p=0.0, jpeg_p=0.0, noise_p=0.0, whole_pixels=True,
-    ),
+    "shift": _SHIFT,
     # "shift" plus random erasing of half the images (occlusion; Zhong et al. 2017)
-    "shift-erase": AugmentConfig(
-        crop_scale=(1.0, 1.0), degrees=0.0, translate=2 / 28, brightness=0.0, contrast=0.0,
-        blur_p=0.0, jpeg_p=0.0, noise_p=0.0, whole_pixels=True, erase_p=0.5,
-    ),
+    "shift-erase": replace(_SHIFT, erase_p=0.5),
     # the defaults: also robust to the evaluated crop / noise / brightness / blur+JPEG
     "robust": AugmentConfig(),
     # copy detection: strong photometric damage, no flips or rotations (copies keep them)

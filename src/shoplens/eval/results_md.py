@@ -160,9 +160,9 @@ def held_out_text(h: dict[str, Any], *, names: bool = True) -> str:
 def trained_row(results: dict[str, Any]) -> list[str]:
     """The cells of one trained-models row, in :data:`COLUMNS` order."""
     m, h = results["meta"], headline(results)
-    acc = fmt(h["accuracy"])
+    # 4 places: one test image in 10,000 (targets such as 0.94 sit at that precision)
+    acc = fmt(None) if h["accuracy"] is None else f"{h['accuracy']:.4f}"
     if h["accuracy"] is not None:
-        acc = f"{h['accuracy']:.4f}"  # one test image in 10,000: targets sit at 0.0001
         tta = h["classification_tta"]
         head = str(h["classification_method"] or "").startswith("classifier head")
         acc += (f" (head, {tta} TTA)" if tta else " (head)") if head else " (probe)"

@@ -143,6 +143,10 @@ class ScoringRecommender:
         """Scores as ((B, N) CSR part, (N,) float32 base): ``_scores`` = part + base."""
         raise NotImplementedError
 
+    def base_order(self) -> np.ndarray:
+        """(N,) items by descending ``base`` of :meth:`score_parts`."""
+        raise NotImplementedError
+
     def _check_fitted(self) -> None:
         if self.n_items == 0:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() first")
@@ -171,19 +175,11 @@ class ScoringRecommender:
             exclude = _exclusions(chunk) if exclude_seen else None
             if self.sparse_scores:
                 part, base = self.score_parts(chunk)
-                i, v = top_k_sparse(part, base, self.base_order(base), k, exclude)
+                i, v = top_k_sparse(part, base, self.base_order(), k, exclude)
             else:
                 i, v = top_k_rows(self._scores(chunk), k, exclude)
             idx[s : s + len(chunk)], val[s : s + len(chunk)] = i, v
         return idx, val
-
-    def base_order(self, base: np.ndarray) -> np.ndarray:
-        """(N,) items by descending ``base`` (cached: the base is fixed after fit)."""
-        cached = self.__dict__.get("_order")
-        if cached is None or cached[0] is not base:
-            cached = (base, np.argsort(-base, kind="stable"))
-            self.__dict__["_order"] = cached
-        return cached[1]
 
     def score_items(self, histories: Sequence[History], candidates: np.ndarray) -> np.ndarray:
         """(B, C) float32 scores of the (B, C) candidate item indices (-1 -> nan)."""
@@ -355,12 +351,11 @@ class CoVisitation(ScoringRecommender):
         self.sim = _top_per_row(sp.csr_matrix(d @ counts @ d), self.max_neighbours)
         self.prior = _prior(_popularity(train, n, None))
         self.n_items = n
-        self.__dict__.pop("_base", None)  # the tie-break of the previous fit
+        self.__dict__.pop("_tie", None)  # the tie-break of the previous fit
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for cache in ("_base", "_order"):  # rebuilt on first use
-            state.pop(cache, None)
+        state.pop("_tie", None)  # derived from the prior, rebuilt on first use
         return state
 
     def neighbours(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -380,10 +375,18 @@ class CoVisitation(ScoringRecommender):
 
     def score_parts(self, histories: Sequence[History]) -> tuple[sp.csr_matrix, np.ndarray]:
         w = history_matrix(histories, self.n_items, self.half_life_days)  # (B, N)
-        base = self.__dict__.get("_base")
-        if base is None:  # the tie-break, once per fit
-            base = self.__dict__["_base"] = (TIE_BREAK * self.prior).astype(np.float32)
-        return sp.csr_matrix(w @ self.sim, dtype=np.float32), base
+        return sp.csr_matrix(w @ self.sim, dtype=np.float32), self._tie_break()[0]
+
+    def base_order(self) -> np.ndarray:
+        return self._tie_break()[1]
+
+    def _tie_break(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) float32 popularity tie-break and the items by it, descending (once per fit)."""
+        tie = self.__dict__.get("_tie")
+        if tie is None:
+            base = (TIE_BREAK * self.prior).astype(np.float32)
+            tie = self.__dict__["_tie"] = (base, np.argsort(-base, kind="stable"))
+        return tie  # type: ignore[no-any-return]
 
 
 def _covisit_counts(train: Interactions, n_items: int, window_s: float) -> sp.csr_matrix:

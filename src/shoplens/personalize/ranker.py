@@ -351,7 +351,7 @@ class FusedRanker:
             elif getattr(rec, "sparse_scores", False):  # no dense (b, N) rows
                 parts[name] = rec.score_parts(histories)
                 part, base = parts[name]
-                idx, _ = top_k_sparse(part, base, rec.base_order(base), k, exclude)
+                idx, _ = top_k_sparse(part, base, rec.base_order(), k, exclude)
             elif hasattr(rec, "score_all") and name != "popularity":
                 scores = rec.score_all(histories)  # (b, N)
                 idx, _ = top_k_rows(scores, k, exclude)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from shoplens import progress
-
-# the built-in recipes (training/recipes/*.yaml), read without importing torch
-RECIPE_NAMES = sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
+from shoplens.training.config import list_recipes  # no torch import
 
 models_app = typer.Typer(help="Model configs, registered models and aliases.", no_args_is_help=True)
 
@@ -35,7 +32,7 @@ def train_command(
         str | None,
         typer.Option(
             "--config",
-            help="YAML file or built-in recipe (" + ", ".join(RECIPE_NAMES) + "); "
+            help="YAML file or built-in recipe (" + ", ".join(list_recipes()) + "); "
             "defaults <- YAML <- overrides.",
         ),
     ] = None,

@@ -7,9 +7,18 @@ Load it like any shoplens config (defaults <- YAML <- ``train.lr=3e-4`` override
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 from shoplens.errors import InvalidInputError
+
+RECIPES = Path(__file__).parent / "recipes"  # the built-in YAML recipes
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in YAML recipes (``shoplens train --config NAME``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
 
 Schedule = Literal["cosine", "onecycle", "constant"]
 Device = Literal["auto", "cpu", "cuda"]

@@ -34,10 +34,9 @@ from torch.utils.data import Dataset
 
 from shoplens.config import check_name, config_to_dict, runs_dir
 from shoplens.errors import InvalidInputError, NotFoundError
-from shoplens.training.config import TrainConfig
+from shoplens.training.config import RECIPES, TrainConfig, list_recipes
 
 log = logging.getLogger("shoplens.training")
-RECIPES = Path(__file__).parent / "recipes"
 Alias = Literal["champion", "challenger"]
 
 
@@ -515,11 +514,6 @@ def _install_combiner(model_dir: Path, base_dir: Path) -> None:
         (base_dir / "combiner").rename(old)
     tmp.rename(base_dir / "combiner")
     shutil.rmtree(old, ignore_errors=True)
-
-
-def list_recipes() -> list[str]:
-    """Names of the built-in YAML recipes (``shoplens train --config NAME``)."""
-    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
 
 
 def resolve_config_path(value: str | Path | None) -> Path | None:
