@@ -18,12 +18,14 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from shoplens.errors import InvalidInputError
+from shoplens.eval.cli import model_table
 from shoplens.eval.context import EvalContext, EvalData
 from shoplens.eval.probe import linear_probe
 from shoplens.eval.results_md import (
     IN_DOMAIN_NOTE,
     TRAINED_HEADING,
     append_trained_row,
+    headline,
     trained_row,
     write_foundation_report,
 )
@@ -198,6 +200,9 @@ def test_classification_with_a_head_and_with_a_linear_probe() -> None:
     meta["machine"] = {"nproc": 2, "cpu": "cpu"}
     assert trained_row({"meta": meta, "tasks": tta})[4] == "0.2500 (head, flip TTA)"
     assert trained_row({"meta": meta, "tasks": got})[4] == "0.2500 (head)"
+    run = {"meta": {**meta, "json": "m.json", "mlflow_run_id": None}, "tasks": got}
+    run["headline"] = headline(run)
+    assert model_table([run])[1].split()[1] == "0.2500"  # the console table: 4 places too
 
     probe = run_tasks(EvalContext(data, ColourEncoder()), ["classification"])["classification"]
     assert probe["method"].startswith("linear probe")

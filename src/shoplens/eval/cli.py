@@ -48,14 +48,14 @@ def summary_lines(results: dict[str, Any], out: Path) -> list[str]:
 
 def model_table(runs: list[dict[str, Any]]) -> list[str]:
     """A compact table of :func:`~shoplens.eval.runner.run_model_eval` results, then notes."""
-    from shoplens.eval.results_md import fmt, held_out_text
+    from shoplens.eval.results_md import fmt, fmt_accuracy, held_out_text
 
     header = ["model", "accuracy", "5-NN", "R@1 t->i", "ZS wF1", "held-out", "aug R@1", "time"]
     rows = []
     for r in runs:
         h = r["headline"]
         rows.append([
-            r["meta"]["model"], fmt(h["accuracy"]), fmt(h["knn_accuracy"]),
+            r["meta"]["model"], fmt_accuracy(h["accuracy"]), fmt(h["knn_accuracy"]),
             fmt(h["text_to_image_r1"]), fmt(h["zero_shot_weighted_f1"]),
             held_out_text(h, names=False), fmt(h["aug_r1"]), f"{r['meta']['eval_s']:.0f}s",
         ])  # fmt: skip

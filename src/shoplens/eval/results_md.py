@@ -143,6 +143,12 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def fmt_accuracy(x: float | None) -> str:
+    """Accuracy at 4 decimals: on 10,000 test images one image is 0.0001 (0.9399 would
+    print as 0.940 at 3)."""
+    return "-" if x is None else f"{x:.4f}"
+
+
 def hardware(machine: dict[str, Any]) -> str:
     """e.g. "2 CPU cores (AMD EPYC)" plus the GPU when there is one."""
     gpu = machine.get("gpu")
@@ -161,7 +167,7 @@ def trained_row(results: dict[str, Any]) -> list[str]:
     """The cells of one trained-models row, in :data:`COLUMNS` order."""
     m, h = results["meta"], headline(results)
     # 4 places: one test image in 10,000 (targets such as 0.94 sit at that precision)
-    acc = fmt(None) if h["accuracy"] is None else f"{h['accuracy']:.4f}"
+    acc = fmt_accuracy(h["accuracy"])
     if h["accuracy"] is not None:
         tta = h["classification_tta"]
         head = str(h["classification_method"] or "").startswith("classifier head")
