@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # benchmarks/common.py, next to this script
+from shoplens.serve.settings import ServiceSettings
 
 HEADING = "## Service latency"
 LEVELS = (1, 8, 32)
@@ -362,6 +363,82 @@ def thread_check(catalog: str, blocks: int = 8, per_block: int = 30) -> Row:
     }
 
 
+BATCHES = (1, 2, 4, 8, 16)
+
+
+def batch_costs(catalog: str, blas_threshold: int, reps: int = 15) -> Row:
+    """Milliseconds per query of each step a micro-batch shares, at batch sizes
+    :data:`BATCHES` (one thread, in process): how much a batch of b saves per query.
+
+    Exact FAISS search twice: with FAISS's default BLAS threshold (a SIMD scan of every
+    vector per query below 128,000 queries x dim) and with the service's
+    (``SHOPLENS_FAISS_BLAS_THRESHOLD``: one BLAS product for the batch). Sizes, steps and
+    settings rotate within each repetition; each timed call follows an untimed one of
+    the same step and size (warm caches: a cold 36 MB index scan costs several times more).
+    """
+    import faiss
+
+    from shoplens.search.engine import SearchEngine
+
+    engine = SearchEngine.open(catalog)
+    ids = engine.image_build.ids[: max(BATCHES)]
+    images = [engine.catalog.load_image(p) for p in engine.catalog.get_by_ids(
+        [int(i) for i in ids]).values()]  # fmt: skip
+    texts = (TEXT_QUERIES * 2)[: max(BATCHES)]
+    default = faiss.cvar.distance_compute_blas_threshold
+    steps: dict[str, Callable[[int], Any]] = {
+        "image encoder (demo model)": lambda b: engine.encoder.encode_images(images[:b])
+    }
+    if "text" in getattr(engine.encoder, "modalities", ()):
+        steps["text tower (demo model)"] = lambda b: engine.encoder.encode_texts(texts[:b])
+    if engine.text_encoder is not None:
+        steps["text encoder (MiniLM)"] = lambda b: engine.text_encoder.encode_texts(texts[:b])
+    builds = [("image", engine.image_build, engine.encoder.encode_images(images))]
+    if engine.text_build is not None and engine.text_encoder is not None:
+        builds.append(("text", engine.text_build, engine.text_encoder.encode_texts(texts)))
+
+    def search(raw: Any, q: np.ndarray, threshold: int) -> Callable[[int], Any]:
+        def run(b: int) -> Any:
+            faiss.cvar.distance_compute_blas_threshold = threshold
+            return raw.search(np.ascontiguousarray(q[:b]), 28)  # 2k + 8 at k = 10
+
+        return run
+
+    for kind, build, q in builds:
+        raw = getattr(build.index, "_index", None)
+        if raw is None:
+            continue
+        label = f"exact search, {kind} index ({raw.ntotal:,} x {raw.d})"
+        steps[f"{label}, FAISS default"] = search(raw, q, default)
+        steps[f"{label}, threshold {blas_threshold}"] = search(raw, q, blas_threshold)
+    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in steps}
+    names = list(steps)
+    try:
+        for name in names:  # warm-up
+            for b in BATCHES:
+                steps[name](b)
+        for rep in range(reps):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                for b in BATCHES if rep % 2 == 0 else BATCHES[::-1]:
+                    steps[name](b)  # warm caches: the step before evicted this one's data
+                    t0 = time.perf_counter()
+                    steps[name](b)
+                    times[name][b].append((time.perf_counter() - t0) / b)
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = default
+    return {
+        "batches": list(BATCHES),
+        "reps": reps,
+        "faiss_default_threshold": int(default),
+        "blas_threshold": blas_threshold,
+        "ms_per_query": {
+            n: {str(b): 1000 * statistics.median(v) for b, v in per.items()}
+            for n, per in times.items()
+        },
+    }
+
+
 # ---- the measurements ----
 def service_env(s: argparse.Namespace, batching: bool) -> dict[str, str]:
     env = {
@@ -371,6 +448,7 @@ def service_env(s: argparse.Namespace, batching: bool) -> dict[str, str]:
     }
     env["SHOPLENS_TORCH_THREADS"] = str(s.torch_threads)
     env["SHOPLENS_FAISS_THREADS"] = str(s.faiss_threads)
+    env["SHOPLENS_FAISS_BLAS_THRESHOLD"] = str(s.faiss_blas_threshold)
     return env
 
 
@@ -421,14 +499,18 @@ def compare_configs(
     return out
 
 
-# the encoders' labels in /metrics (batch_sizes also returns "search": the route's seconds)
+# the encoders' labels in /metrics (batch_sizes also returns "search": the route's seconds,
+# and "recommend": the recommender's ranker passes)
 ENCODE_KINDS = ("image", "text")
+BATCH_KINDS = (*ENCODE_KINDS, "recommend")
+# what each route micro-batches
+ROUTE_KIND = {"image search": "image", "text search": "text", "recommendations": "recommend"}
 
 
 def _mean_batch(before: Row, after: Row) -> dict[str, float]:
     """Mean queries per forward pass between two /metrics readings, per kind."""
     out = {}
-    for kind in ENCODE_KINDS:
+    for kind in BATCH_KINDS:
         if kind not in after:
             continue
         x, b = after[kind], before.get(kind, {"passes": 0, "mean_batch": 0.0})
@@ -442,7 +524,7 @@ def _encode_share(before: Row, after: Row, kind: str) -> float | None:
     """Encoder forward-pass seconds / in-app seconds of POST /v1/search between two
     /metrics readings (the share of the route's time that batching can shrink)."""
     app_s = after["search"]["seconds"] - before["search"]["seconds"]
-    if kind not in after or app_s <= 0:
+    if kind not in ENCODE_KINDS or kind not in after or app_s <= 0:
         return None
     enc_s = after[kind]["encode_s"] - before.get(kind, {"encode_s": 0.0})["encode_s"]
     return enc_s / app_s
@@ -470,6 +552,12 @@ def batch_sizes(base: str) -> Row:
                 "mean_batch": _metric(text, f"shoplens_encode_batch_size_sum{label}") / count,
                 "encode_s": _metric(text, f"shoplens_encode_seconds_sum{label}"),
             }
+    count = _metric(text, "shoplens_recommend_batch_size_count")
+    if count:
+        out["recommend"] = {
+            "passes": int(count),
+            "mean_batch": _metric(text, "shoplens_recommend_batch_size_sum") / count,
+        }
     route = '{method="POST",route="/v1/search"}'
     out["search"] = {"seconds": _metric(text, f"shoplens_http_request_seconds_sum{route}")}
     return out
@@ -495,6 +583,8 @@ def main(argv: list[str] | None = None) -> Row:
     )
     say("threads per call: 1 vs one per core ...")
     threads = thread_check(s.catalog)
+    say("cost per query by batch size ...")
+    costs = batch_costs(s.catalog, s.faiss_blas_threshold)
     load.append(common.load_average())
     makers = workloads(s.catalog, customers)
     levels: dict[str, list[Row]] = {}
@@ -534,9 +624,12 @@ def main(argv: list[str] | None = None) -> Row:
         for route, n, rounds in (
             ("image search", s.requests, s.rounds),
             ("text search", s.requests // 2, max(2, s.rounds // 2)),
+            ("recommendations", s.requests // 2, max(2, s.rounds // 2)),
         ):
+            if route not in makers:
+                continue
             say(f"batching on vs off: {route}, concurrency 8, {rounds} rounds ...")
-            kind = "image" if route == "image search" else "text"
+            kind = ROUTE_KIND[route]
             batching[route] = compare_configs(bases, makers[route], 8, n, rounds, s.warmup, kind)
             for name, x in batching[route]["configs"].items():
                 say(
@@ -559,6 +652,7 @@ def main(argv: list[str] | None = None) -> Row:
             "tune_torch_threads": s.tune_torch_threads,
             "torch_threads": s.torch_threads,
             "faiss_threads": s.faiss_threads,
+            "faiss_blas_threshold": s.faiss_blas_threshold,
             "requests": s.requests,
             "warmup": s.warmup,
         },
@@ -569,6 +663,7 @@ def main(argv: list[str] | None = None) -> Row:
         "batching": batching,
         "overhead": overhead,
         "threads": threads,
+        "batch_costs": costs,
         "versions": versions(),
     }
     if not s.no_write:  # the raw numbers first: they survive a failure to render
@@ -670,6 +765,12 @@ def render(r: Row) -> str:
                 for k, x in mb.items()
                 if k in ENCODE_KINDS
             )
+            + (
+                f"; recommendations {mb['recommend']['mean_batch']:.1f} customers per ranker "
+                f"pass ({mb['recommend']['passes']} passes)"
+                if "recommend" in mb
+                else ""
+            )
             + ".",
         ]
     # batching
@@ -681,14 +782,16 @@ def render(r: Row) -> str:
         "Each configuration is its own service process (same build and settings but the "
         "one named); every round runs each of them once at concurrency 8, the order "
         "rotating between rounds. Latencies pooled over the rounds; speedup = median over "
-        "rounds of throughput / the baseline's throughput in the same round.",
+        "rounds of throughput / the baseline's throughput in the same round. For "
+        "recommendations, batching means concurrent requests share one ranker pass "
+        "(candidates, features and one LightGBM call for several customers).",
         "",
         "| route | configuration | rounds x requests | errors | req/s (each round) | "
         "p50 ms | p99 ms | mean batch | speedup | p99 vs off |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for route, b in r["batching"].items():
-        kind = "image" if route == "image search" else "text"
+        kind = ROUTE_KIND[route]
         for name, x in b["configs"].items():
             mean_batch = x["mean_batch"].get(kind)
             batch = f"{mean_batch:.1f}" if mean_batch else "1"
@@ -718,7 +821,9 @@ def render(r: Row) -> str:
         f"{txt['p99_ratio']:.2f}x {_met(txt['p99_ratio'] <= TARGET_BATCH_P99)}.",
     ]
     shares = {
-        route: b["configs"][b["baseline"]].get("encode_share") for route, b in r["batching"].items()
+        route: b["configs"][b["baseline"]].get("encode_share")
+        for route, b in r["batching"].items()
+        if ROUTE_KIND[route] in ENCODE_KINDS
     }
     if all(v is not None for v in shares.values()):
         lines += [
@@ -735,6 +840,7 @@ def render(r: Row) -> str:
             "dense text ranking besides the demo model's text tower; the image route "
             "runs the demo's 28-px CNN.",
         ]
+    lines += batch_cost_lines(r, where)
     # overhead
     o = r["overhead"]
     lines += [
@@ -818,6 +924,68 @@ def render(r: Row) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the batched steps of each route, by name prefix in batch_costs' rows
+ROUTE_STEPS = {
+    "image search": ("image encoder", "exact search, image index"),
+    "text search": (
+        "text encoder",
+        "text tower",
+        "exact search, text index",
+        "exact search, image index",
+    ),
+}
+
+
+def batch_cost_lines(r: Row, where: str) -> list[str]:
+    """The per-query cost table and, per route, the throughput batching can give with
+    these measured costs (the rest of the request unchanged)."""
+    c = r.get("batch_costs")
+    if not c:
+        return []
+    batches = [str(b) for b in c["batches"]]
+    lines = [
+        "",
+        "### Cost per query by batch size (in process)",
+        "",
+        f"Machine: {where}. Baseline: the same step with a batch of 1. One thread (torch "
+        "and FAISS), warm caches, median of "
+        f"{c['reps']} repetitions; milliseconds per query. Exact search with FAISS's "
+        f"default BLAS threshold ({c['faiss_default_threshold']:,} queries x dim: a scan "
+        "of every vector per query) and with the service's "
+        f"(`SHOPLENS_FAISS_BLAS_THRESHOLD={c['blas_threshold']}`: one BLAS product for "
+        "the batch from that many queries x dim).",
+        "",
+        "| step | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---|" + "---:|" * len(batches),
+    ]
+    rows = c["ms_per_query"]
+    for name, per in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{per[b]:.3f}" for b in batches) + " |")
+    service = [n for n in rows if not n.endswith("FAISS default")]
+    bounds = []
+    for route, prefixes in ROUTE_STEPS.items():
+        level = r["levels"].get(route)
+        steps = [n for p in prefixes for n in service if n.startswith(p)]
+        if not level or not level[0].get("in_app") or len(steps) != len(prefixes):
+            continue
+        total = level[0]["in_app"]["p50_ms"]  # concurrency 1
+        rest = max(0.0, total - sum(rows[n]["1"] for n in steps))
+        per = {b: sum(rows[n][b] for n in steps) + rest for b in ("2", "8")}
+        bounds.append(
+            f"{route}: in-app p50 {total:.1f} ms at concurrency 1, of which "
+            f"{total - rest:.1f} ms in the batched steps; with every batch of 2 queries "
+            f"{per['2']:.1f} ms (**{total / per['2']:.2f}x**), of 8 {per['8']:.1f} ms "
+            f"(**{total / per['8']:.2f}x**)"
+        )
+    if bounds:
+        lines += [
+            "",
+            "What these costs allow (the rest of a request, HTTP, parsing, decoding, "
+            "products and JSON, unchanged): " + "; ".join(bounds) + ".",
+        ]
+    return lines
+
+
 def _short(spec: str | None) -> str:
     if spec and spec.startswith("trained:") and len(spec) > 60:
         return "trained:…/" + "/".join(spec.rstrip("/").split("/")[-3:])
@@ -846,6 +1014,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--torch-threads", type=int, default=1, help="SHOPLENS_TORCH_THREADS")
     p.add_argument("--faiss-threads", type=int, default=1, help="SHOPLENS_FAISS_THREADS")
+    p.add_argument(
+        "--faiss-blas-threshold",
+        type=int,
+        default=ServiceSettings.model_fields["faiss_blas_threshold"].default,
+        help="SHOPLENS_FAISS_BLAS_THRESHOLD (default: the service's)",
+    )
     p.add_argument(
         "--fit-recs",
         action=argparse.BooleanOptionalAction,

@@ -223,3 +223,55 @@ def test_concurrent_recommendations_match_one_at_a_time(service: Any) -> None:
         recs.close()
     assert together == [alone[c] for c in calls]
     assert any(alone[c] != alone["someone-new"] for c in customers[:-1])  # personalised
+
+
+def test_micro_batched_recommendations_match_one_at_a_time(service: Any) -> None:
+    """Concurrent requests micro-batched into shared ranker passes (as the service does
+    with batching on), with different k in one batch: each gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shoplens.personalize.service import Recommendations
+    from shoplens.serve.batching import MicroBatcher
+
+    client, _, _ = service
+    _ensure_fitted(client)
+    sizes: list[int] = []
+    with Catalog.open(CATALOG) as cat:
+        recs = Recommendations(cat)
+        assert recs.can_batch
+        customers = [f"c{i}" for i in range(12)] + ["someone-new"]
+        calls = [(c, 4 + i % 3 * 3) for i, c in enumerate(customers * 4)]  # k 4, 7, 10
+
+        def answer(call: tuple[str, int]) -> list[tuple[str, float, tuple[str, ...]]]:
+            out = recs.for_customer(*call)["results"]
+            return [(r.product.sku, round(r.score, 5), tuple(r.sources)) for r in out]
+
+        alone = {call: answer(call) for call in set(calls)}
+        recs.batcher = MicroBatcher(
+            recs.rank_many, max_batch=8, max_wait_ms=20, on_batch=lambda n, _: sizes.append(n)
+        )
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(answer, calls))
+        recs.close()  # closes the batcher too
+    assert recs.batcher.closed
+    assert together == [alone[call] for call in calls]
+    assert sum(sizes) == len(calls) and max(sizes) > 1  # shared passes happened
+    assert [len(a) for a in together[:3]] == [4, 7, 10]
+
+
+def test_service_batches_recommendations(service: Any) -> None:
+    """With batching on (the default) the service's ranker passes show in /metrics."""
+    client, _, _ = service
+    _ensure_fitted(client)
+    before = _metric(client, "shoplens_recommend_batch_size_count")
+    r = client.get("/v1/customers/c2/recommendations", params={"k": 5})
+    assert r.status_code == 200 and r.json()["count"] == 5
+    assert _metric(client, "shoplens_recommend_batch_size_count") == before + 1
+    assert _metric(client, "shoplens_recommend_rank_seconds_sum") > 0
+
+
+def _metric(client: TestClient, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

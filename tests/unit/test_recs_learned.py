@@ -243,6 +243,24 @@ def test_fused_recommend_one_flags_and_sources(
     np.testing.assert_array_equal(idx[0], one["items"])
 
 
+def test_fused_recommend_many_equals_one_at_a_time(
+    world: tuple[ItemSpace, Split], fused: FusedRanker
+) -> None:
+    """Several customers ranked in one pass (a service's micro-batch, an empty history
+    among them) get each the answer they get alone."""
+    _, split = world
+    hs = [*split.histories[:5], History.empty(), *split.histories[5:9]]
+    many = fused.recommend_many(hs, 10)
+    assert len(many) == len(hs)
+    for h, got in zip(hs, many, strict=True):
+        alone = fused.recommend_one(h, 10)
+        np.testing.assert_array_equal(got["items"], alone["items"])
+        np.testing.assert_allclose(got["scores"], alone["scores"], rtol=1e-5, atol=1e-6)
+        assert got["sources"] == alone["sources"]
+        assert got["skus"] == alone["skus"]
+        assert got["personalized"] is (len(h) > 0)
+
+
 def test_fused_exclude_seen_scores_and_cold(
     world: tuple[ItemSpace, Split], fused: FusedRanker
 ) -> None:

@@ -617,22 +617,39 @@ class FusedRanker:
         float32, "sources": per item the retrievers that proposed it, "personalized":
         False for an empty history (popularity ranking)}``.
         """
-        idx, val, src = self._recommend_chunk([history], k, exclude_seen)
-        ok = idx[0] >= 0
+        return self.recommend_many([history], k, exclude_seen)[0]
+
+    def recommend_many(
+        self, histories: Sequence[History], k: int, exclude_seen: bool = True
+    ) -> list[dict[str, Any]]:
+        """:meth:`recommend_one` for several customers in one pass (one retrieval, one
+        feature matrix and one LightGBM call for all of them): what a service does with
+        concurrent requests."""
         names = list(self.retriever_n)
-        personalized = len(history) > 0
-        sources = [
-            [n for r, n in enumerate(names) if bits >> r & 1] if personalized else ["popularity"]
-            for bits in src[0][ok]
-        ]
-        items = idx[0][ok]
-        return {
-            "items": items,
-            "skus": [self.skus[int(i)] for i in items],
-            "scores": val[0][ok],
-            "sources": sources,
-            "personalized": personalized,
-        }
+        out = []
+        for lo in range(0, len(histories), CHUNK):
+            chunk = histories[lo : lo + CHUNK]
+            idx, val, src = self._recommend_chunk(chunk, k, exclude_seen)
+            for row, history in enumerate(chunk):
+                ok = idx[row] >= 0
+                personalized = len(history) > 0
+                sources = [
+                    [n for r, n in enumerate(names) if bits >> r & 1]
+                    if personalized
+                    else ["popularity"]
+                    for bits in src[row][ok]
+                ]
+                items = idx[row][ok]
+                out.append(
+                    {
+                        "items": items,
+                        "skus": [self.skus[int(i)] for i in items],
+                        "scores": val[row][ok],
+                        "sources": sources,
+                        "personalized": personalized,
+                    }
+                )
+        return out
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         """(M, F) features -> (M,) float32 ranker scores."""

@@ -157,9 +157,39 @@ class Recommendations:
         enable = getattr(self.ranker, "enable_ann", None)
         self.ann = bool(ann and callable(enable) and enable())
         self.events = EventStore.open(catalog)
+        # set by the service: batches concurrent requests' (history, k) into rank_many calls
+        self.batcher: Any = None
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.events.close()
+
+    @property
+    def can_batch(self) -> bool:
+        """Whether the ranker ranks several customers in one pass (``recommend_many``)."""
+        return callable(getattr(self.ranker, "recommend_many", None))
+
+    def rank_many(self, requests: Sequence[tuple[History, int]]) -> list[dict[str, Any]]:
+        """The ranker's answers for several (history, k) requests: one ranker pass per
+        distinct k (the ranker is thread-safe, requests may also run in parallel)."""
+        out: dict[int, dict[str, Any]] = {}
+        by_k: dict[int, list[int]] = {}
+        for pos, (_, k) in enumerate(requests):
+            by_k.setdefault(k, []).append(pos)
+        for k, rows in by_k.items():
+            if not self.can_batch:
+                answers = [self.ranker.recommend_one(requests[r][0], k) for r in rows]
+            else:
+                answers = self.ranker.recommend_many([requests[r][0] for r in rows], k)
+            for r, answer in zip(rows, answers, strict=True):
+                out[r] = answer
+        return [out[pos] for pos in range(len(requests))]
+
+    def _rank(self, history: History, k: int) -> dict[str, Any]:
+        if self.batcher is not None:
+            return dict(self.batcher.call((history, k)))
+        return dict(self.ranker.recommend_one(history, k))
 
     @property
     def candidates(self) -> str:
@@ -183,7 +213,7 @@ class Recommendations:
             raise InvalidInputError("customer id must be 1 to 128 characters")
         events = self.events.customer_events(customer_id, limit=HISTORY_LIMIT)
         history = history_of(events, self.items)
-        out = self.ranker.recommend_one(history, k)  # thread-safe: requests run in parallel
+        out = self._rank(history, k)
         idx = [int(i) for i in out["items"] if int(i) >= 0]
         products = self._products(idx)
         results = [

@@ -32,7 +32,7 @@ from shoplens.errors import (
     ShoplensError,
 )
 from shoplens.search.engine import Filters, SearchEngine
-from shoplens.serve.batching import BatchingEncoder, BatchingIndex
+from shoplens.serve.batching import BatchingEncoder, BatchingIndex, MicroBatcher
 from shoplens.serve.keys import KeyStore
 from shoplens.serve.limits import api_key_from, install_edge, install_limits, read_upload
 from shoplens.serve.metrics import Metrics
@@ -374,7 +374,8 @@ def _close_encoders(engine: SearchEngine) -> None:
 
 
 def _set_threads(settings: ServiceSettings) -> None:
-    """Threads per torch call, BLAS (numpy) call and FAISS call in this process.
+    """Threads per torch call, BLAS (numpy) call and FAISS call in this process, and
+    the batch size from which exact FAISS search uses BLAS.
 
     torch and OpenBLAS keep one process-wide setting. FAISS's OpenMP setting belongs to
     the thread that makes it, so request threads make it themselves
@@ -384,6 +385,10 @@ def _set_threads(settings: ServiceSettings) -> None:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    if settings.faiss_blas_threshold is not None:
+        import faiss
+
+        faiss.cvar.distance_compute_blas_threshold = settings.faiss_blas_threshold
     if settings.faiss_threads is not None:
         import faiss
 
@@ -423,12 +428,33 @@ class RecsState:
     """The catalogue's recommender build, loaded on first use and reloaded when a newer
     build is published (``shoplens recommend fit`` while the service runs)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, settings: ServiceSettings | None = None, metrics: Metrics | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self.recs: Any = None  # shoplens.personalize.service.Recommendations
+        self.settings = settings
+        self.metrics = metrics
+
+    def _open(self, catalog: Any) -> Any:
+        """The build, with concurrent requests micro-batched into one ranker pass when
+        the service batches (``SHOPLENS_BATCHING``; same max batch and wait as encoders)."""
+        from shoplens.personalize.service import Recommendations
+
+        recs = Recommendations(catalog)
+        s = self.settings
+        if s is not None and s.batching and recs.can_batch:
+            recs.batcher = MicroBatcher(
+                recs.rank_many,
+                max_batch=s.batch_max_size,
+                max_wait_ms=s.batch_max_wait_ms,
+                on_batch=self.metrics.observe_recommend if self.metrics is not None else None,
+                name="shoplens-recs-batcher",
+            )
+        return recs
 
     def get(self, engine: SearchEngine) -> Any:
-        from shoplens.personalize.service import Recommendations, recs_root
+        from shoplens.personalize.service import recs_root
 
         current = recs_root(engine.catalog) / "current"
         target = current.resolve() if current.exists() else None
@@ -440,7 +466,7 @@ class RecsState:
                     f"no recommender for catalogue {engine.catalog.name!r}; run 'shoplens "
                     f"recommend fit --catalog {engine.catalog.name}'"
                 )
-            old, self.recs = self.recs, Recommendations(engine.catalog)
+            old, self.recs = self.recs, self._open(engine.catalog)
         if old is not None:
             old.close()
         return self.recs
@@ -565,7 +591,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.shoplens = state
     app.state.metrics = metrics
     app.state.keys = KeyStore()
-    recs_state = RecsState()
+    recs_state = RecsState(settings, metrics)
     events_lock = threading.Lock()
     events_store: dict[str, Any] = {}
 

@@ -44,6 +44,18 @@ class Metrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+        self.recommend_batch = Histogram(
+            "shoplens_recommend_batch_size",
+            "Customers per ranker pass (concurrent recommendation requests micro-batched)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        self.recommend_rank_seconds = Histogram(
+            "shoplens_recommend_rank_seconds",
+            "Ranker pass time (candidates, features, LightGBM; one pass per micro-batch)",
+            registry=self.registry,
+            buckets=(0.0005, *SECONDS),
+        )
         self.index_size = Gauge(
             "shoplens_index_vectors", "Vectors in the served image index", registry=self.registry
         )
@@ -90,6 +102,11 @@ class Metrics:
         """One encoder forward pass of ``size`` queries that took ``seconds``."""
         self.encode_seconds.labels(kind).observe(seconds)
         self.batch_size.labels(kind).observe(size)
+
+    def observe_recommend(self, size: int, seconds: float) -> None:
+        """One ranker pass over ``size`` customers that took ``seconds``."""
+        self.recommend_rank_seconds.observe(seconds)
+        self.recommend_batch.observe(size)
 
     def set_model(self, encoder: str, model: str = "", version: str = "", alias: str = "") -> None:
         """Record the served model (the previous one's info series is removed)."""

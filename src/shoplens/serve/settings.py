@@ -61,6 +61,12 @@ class ServiceSettings(BaseSettings):
     # without oversubscribing them (docs/BENCHMARKS.md, "Service latency").
     torch_threads: Annotated[int | None, Field(ge=1)] = 1
     faiss_threads: Annotated[int | None, Field(ge=1)] = 1
+    # Exact (Flat) FAISS search scans the vectors once per query, or, from queries x dim
+    # >= this, once per batch with one BLAS matrix product. FAISS's default (128,000: 1,000
+    # queries at dim 128) never lets a micro-batch use the product; 1024 does from 8
+    # queries at dim 128 and 3 at dim 384, where it measured faster (docs/BENCHMARKS.md,
+    # "Exact search per query by batch size"). None: FAISS's default.
+    faiss_blas_threshold: Annotated[int | None, Field(ge=1)] = 1024
 
     # ---- limits (shoplens.serve.limits); a rate of 0 turns that limit off ----------------
     # Token bucket per client address for requests without a valid API key: `per_s`
