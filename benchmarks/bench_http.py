@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -565,6 +566,8 @@ def batch_sizes(base: str) -> Row:
 
 def main(argv: list[str] | None = None) -> Row:
     s = parse_args(argv)
+    # a killed benchmark still stops its service processes (the context managers run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     say = print
     if s.render_only:  # re-render the section from saved raw numbers
         return common.rerender(s.docs, "http", render, write=not s.no_write, say=say)

@@ -309,3 +309,32 @@ def test_batching_index_answers_like_the_index_and_batches_searches() -> None:
     assert bi.ntotal == 500  # other attributes pass through
     bi.close()
     np.testing.assert_array_equal(bi.search(queries[:1], 3)[1], index.search(queries[:1], 3)[1])
+
+
+def test_faiss_blas_threshold_setting_keeps_exact_results() -> None:
+    """SHOPLENS_FAISS_BLAS_THRESHOLD switches a batch's exact search to one BLAS product:
+    the same neighbours and scores as FAISS's per-query scan."""
+    import faiss
+
+    from shoplens.serve.app import _set_threads
+    from shoplens.serve.settings import ServiceSettings
+
+    default = faiss.cvar.distance_compute_blas_threshold
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)  # (N, D)
+    q = rng.standard_normal((8, 32)).astype(np.float32)  # (B, D)
+    index = faiss.IndexFlatIP(32)
+    index.add(x)
+    scan = index.search(q, 10)  # 8 x 32 < 128,000: a scan per query
+    settings = ServiceSettings(faiss_blas_threshold=64, torch_threads=None, faiss_threads=None)
+    try:
+        _set_threads(settings)
+        assert faiss.cvar.distance_compute_blas_threshold == 64
+        blas = index.search(q, 10)  # 8 x 32 >= 64: one matrix product
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = default
+    np.testing.assert_array_equal(blas[1], scan[1])
+    np.testing.assert_allclose(blas[0], scan[0], rtol=1e-5, atol=1e-5)
+    assert ServiceSettings().faiss_blas_threshold == 1024
+    with pytest.raises(ValueError):
+        ServiceSettings(faiss_blas_threshold=0)

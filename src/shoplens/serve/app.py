@@ -403,6 +403,17 @@ def _set_threads(settings: ServiceSettings) -> None:
 _thread_settings = threading.local()
 
 
+def faiss_threads_here(threads: int | None) -> None:
+    """Give FAISS ``threads`` OpenMP threads in the calling thread (an OpenMP setting
+    belongs to the thread that makes it; None: leave it)."""
+    if threads is None or getattr(_thread_settings, "faiss", None) == threads:
+        return
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    _thread_settings.faiss = threads
+
+
 class _ThreadLimitedIndex:
     """A FAISS index whose searches run with ``threads`` OpenMP threads in any thread."""
 
@@ -411,11 +422,7 @@ class _ThreadLimitedIndex:
         self.threads = threads
 
     def search(self, vectors: Any, k: int, allowed_ids: Any = None) -> Any:
-        if getattr(_thread_settings, "faiss", None) != self.threads:
-            import faiss
-
-            faiss.omp_set_num_threads(self.threads)  # this thread's OpenMP setting
-            _thread_settings.faiss = self.threads
+        faiss_threads_here(self.threads)
         return self.index.search(vectors, k, allowed_ids)
 
     def __getattr__(self, name: str) -> Any:
@@ -444,8 +451,14 @@ class RecsState:
         recs = Recommendations(catalog)
         s = self.settings
         if s is not None and s.batching and recs.can_batch:
+            threads = s.faiss_threads
+
+            def rank(requests: list[Any]) -> list[dict[str, Any]]:
+                faiss_threads_here(threads)  # the batcher's own thread too (IVF candidates)
+                return list(recs.rank_many(requests))
+
             recs.batcher = MicroBatcher(
-                recs.rank_many,
+                rank,
                 max_batch=s.batch_max_size,
                 max_wait_ms=s.batch_max_wait_ms,
                 on_batch=self.metrics.observe_recommend if self.metrics is not None else None,
@@ -895,6 +908,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise InvalidInputError(f"k must be at most {settings.max_k}")
         t0 = time.perf_counter()
         recs = recs_state.get(engine)
+        faiss_threads_here(settings.faiss_threads)  # the candidates' IVF searches
         out = recs.for_customer(customer_id, k)
         metrics.search_seconds.labels("recommend").observe(time.perf_counter() - t0)
         return RecommendationsResponse(
