@@ -146,3 +146,32 @@ def test_image_plus_text_with_weights(client: TestClient) -> None:
         data={"text": "x", "text_weight": "99"},
     )
     assert_error(bad, 422, "invalid_input")
+
+
+def test_batched_text_search_answers_like_the_engine(
+    client: TestClient, built_catalog: str
+) -> None:
+    """With batching on (the default) a text query's dense ranking runs through the
+    service's one-step batcher: concurrent queries get the engine's own answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shoplens.search.engine import SearchEngine
+
+    engine = client.app.state.shoplens.get()  # type: ignore[attr-defined]
+    assert engine.dense_text is not None
+    queries = ["yellow stripes", "red circle", "blue square", "green triangle"] * 3
+    plain = SearchEngine.open(built_catalog)
+    want = {q: [h.sku for h in plain.search(text=q, k=5)] for q in set(queries)}
+    plain.catalog.close()
+
+    def ask(q: str) -> list[str]:
+        r = client.post("/v1/search", json={"text": q, "k": 5})
+        assert r.status_code == 200, r.text
+        return [h["sku"] for h in r.json()["results"]]
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(ask, queries))
+    assert got == [want[q] for q in queries]
+    # a filtered text query takes the per-query path: same filter semantics
+    r = client.post("/v1/search", json={"text": "stripes", "k": 3, "categories": ["Red circle"]})
+    assert r.status_code == 200 and {h["category"] for h in r.json()["results"]} <= {"Red circle"}

@@ -338,3 +338,43 @@ def test_faiss_blas_threshold_setting_keeps_exact_results() -> None:
     assert ServiceSettings().faiss_blas_threshold == 1024
     with pytest.raises(ValueError):
         ServiceSettings(faiss_blas_threshold=0)
+
+
+def test_dense_text_batcher_ranks_like_encoder_then_index() -> None:
+    """Concurrent text queries (different n) share one encoder pass and one index search,
+    and each gets the ranking the encoder and the index give it alone; after close()
+    (a model swap) calls are still answered."""
+    from shoplens.index.base import make_index
+    from shoplens.serve.batching import DenseTextBatcher
+
+    raw = create_encoder("test-tiny-text")
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((300, raw.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index = make_index(raw.dim, "Flat")
+    index.add(np.arange(300), vecs)
+    sizes: list[int] = []
+    prepared: list[str] = []
+    dense = DenseTextBatcher(
+        raw,
+        index,
+        max_batch=8,
+        max_wait_ms=20,
+        on_encode=lambda kind, n, s: sizes.append(n),
+        prepare=lambda: prepared.append(threading.current_thread().name),
+    )
+    texts = [f"query {i} {'boot' * (i % 3)}" for i in range(40)]
+    ns = [5 + i % 4 * 10 for i in range(40)]  # n 5, 15, 25, 35
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: dense((texts[i], ns[i])), range(40)))
+    for i, ranking in enumerate(got):
+        scores, ids = index.search(raw.encode_texts([texts[i]]), ns[i])
+        assert [p for p, _ in ranking] == ids[0].tolist()
+        np.testing.assert_allclose([s for _, s in ranking], scores[0], rtol=1e-5, atol=1e-5)
+    assert sum(sizes) == 40 and max(sizes) > 1  # shared passes, each query encoded once
+    assert len(prepared) == len(sizes)  # the thread set-up ran before every pass
+    dense.close()
+    assert dense.closed
+    assert [p for p, _ in dense(("after close", 3))] == index.search(
+        raw.encode_texts(["after close"]), 3
+    )[1][0].tolist()

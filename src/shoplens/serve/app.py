@@ -32,7 +32,12 @@ from shoplens.errors import (
     ShoplensError,
 )
 from shoplens.search.engine import Filters, SearchEngine
-from shoplens.serve.batching import BatchingEncoder, BatchingIndex, MicroBatcher
+from shoplens.serve.batching import (
+    BatchingEncoder,
+    BatchingIndex,
+    DenseTextBatcher,
+    MicroBatcher,
+)
 from shoplens.serve.keys import KeyStore
 from shoplens.serve.limits import api_key_from, install_edge, install_limits, read_upload
 from shoplens.serve.metrics import Metrics
@@ -172,13 +177,25 @@ class ServiceState:
             if current is None:
                 catalog.close()
             raise
+        raw_text_encoder = getattr(engine, "text_encoder", None)
         engine.encoder = self._wrap(engine.encoder)
-        if getattr(engine, "text_encoder", None) is not None and engine.text_build is not None:
-            engine.text_encoder = self._wrap(engine.text_encoder)
+        if raw_text_encoder is not None and engine.text_build is not None:
+            engine.text_encoder = self._wrap(raw_text_encoder)
         if settings.faiss_threads is not None:
             for build in (engine.image_build, engine.text_build):
                 if build is not None and hasattr(build.index, "_index"):  # a FAISS index
                     build.index = _ThreadLimitedIndex(build.index, settings.faiss_threads)
+        if settings.batching and raw_text_encoder is not None and engine.text_build is not None:
+            # a text query's encoder pass and text-index search batched as one step
+            threads = settings.faiss_threads
+            engine.dense_text = DenseTextBatcher(
+                raw_text_encoder,
+                engine.text_build.index,
+                max_batch=settings.batch_max_size,
+                max_wait_ms=settings.batch_max_wait_ms,
+                on_encode=self.metrics.observe_encode if self.metrics is not None else None,
+                prepare=lambda: faiss_threads_here(threads),
+            )
         if settings.batching:  # concurrent single-query searches share one index pass
             for build in (engine.image_build, engine.text_build):
                 if build is not None:
@@ -364,9 +381,9 @@ def _index_moved(engine: SearchEngine) -> bool:
 
 
 def _close_encoders(engine: SearchEngine) -> None:
-    for attr in ("encoder", "text_encoder"):
+    for attr in ("encoder", "text_encoder", "dense_text"):
         enc = getattr(engine, attr, None)
-        if isinstance(enc, BatchingEncoder):
+        if isinstance(enc, BatchingEncoder | DenseTextBatcher):
             enc.close()
     for build in (engine.image_build, getattr(engine, "text_build", None)):
         if build is not None and isinstance(build.index, BatchingIndex):

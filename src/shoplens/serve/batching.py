@@ -356,8 +356,10 @@ class BatchingIndex:
     """A vector index whose single-query, unfiltered searches from concurrent threads are
     micro-batched into one ``search`` call of the wrapped index.
 
-    A flat or graph search of one query is bound by reading the vectors, so Q queries in
-    one call cost little more than one (measured in docs/BENCHMARKS.md). Each caller gets
+    One call for Q queries saves per-call overhead; an exact (Flat) FAISS search shares
+    one pass over the vectors only from ``SHOPLENS_FAISS_BLAS_THRESHOLD`` queries x dim
+    (below it FAISS scans every vector once per query; costs per batch size measured in
+    docs/BENCHMARKS.md). Each caller gets
     its own rows, cut to the ``k`` it asked for (the batch asks for the largest ``k``;
     the top of a longer list is the shorter list). Filtered searches (``allowed_ids``)
     and multi-query calls go straight to the wrapped index. Other attributes (``ntotal``,
@@ -415,3 +417,69 @@ class BatchingIndex:
 
     def __repr__(self) -> str:
         return f"BatchingIndex({self.index!r})"
+
+
+class DenseTextBatcher:
+    """The unfiltered dense text rankings of concurrent text queries as one step: one
+    encoder pass and one index search for the whole micro-batch.
+
+    Separate micro-batchers for the encoder and the index would split the concurrent
+    queries over two stages (smaller batches at each); this one keeps them together, so
+    the batch that shares the encoder pass also shares the index pass (one BLAS product
+    from ``SHOPLENS_FAISS_BLAS_THRESHOLD``). ``call((text, n))`` returns that text's
+    ``[(product id, score), ...]``, best first; ``on_encode("text", size, seconds)``
+    reports each encoder pass like :class:`BatchingEncoder` does. After ``close()`` calls
+    are answered directly.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        index: Any,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        on_encode: EncodeCallback | None = None,
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.index = index
+        self.on_encode = on_encode
+        self.prepare = prepare  # run first in whichever thread runs a batch
+        self._batcher: MicroBatcher[tuple[str, int], list[tuple[int, float]]] = MicroBatcher(
+            self._rank_many, max_batch, max_wait_ms, name="shoplens-batch-dense-text"
+        )
+
+    def _rank_many(self, items: list[tuple[str, int]]) -> list[list[tuple[int, float]]]:
+        if self.prepare is not None:
+            self.prepare()
+        t0 = time.perf_counter()
+        q = self.encoder.encode_texts([text for text, _ in items])  # (B, D)
+        if self.on_encode is not None:
+            try:
+                self.on_encode("text", len(items), time.perf_counter() - t0)
+            except Exception:
+                log.exception("on_encode callback failed")
+        scores, ids = self.index.search(q, max(n for _, n in items))  # (B, nmax) each
+        out = []
+        for row, (_, n) in enumerate(items):
+            pairs = zip(ids[row, :n].tolist(), scores[row, :n].tolist(), strict=True)
+            out.append([(int(i), float(s)) for i, s in pairs if i >= 0])
+        return out
+
+    def call(self, item: tuple[str, int]) -> list[tuple[int, float]]:
+        """The ranking of ``item`` = (text, n) (run at once when idle, else batched)."""
+        try:
+            return self._batcher.call(item)
+        except BatcherClosed:  # closed meanwhile (a model swap): answer directly
+            return self._rank_many([item])[0]
+
+    __call__ = call
+
+    @property
+    def closed(self) -> bool:
+        return self._batcher.closed
+
+    def close(self) -> None:
+        """Finish queued queries and stop the worker; later calls run directly."""
+        self._batcher.close()
