@@ -626,8 +626,8 @@ def main(argv: list[str] | None = None) -> Row:
         batching: dict[str, Row] = {}
         for route, n, rounds in (
             ("image search", s.requests, s.rounds),
-            ("text search", s.requests // 2, max(2, s.rounds // 2)),
-            ("recommendations", s.requests // 2, max(2, s.rounds // 2)),
+            ("text search", s.requests // 2, s.rounds),
+            ("recommendations", s.requests // 2, s.rounds),
         ):
             if route not in makers:
                 continue

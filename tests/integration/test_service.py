@@ -175,3 +175,27 @@ def test_batched_text_search_answers_like_the_engine(
     # a filtered text query takes the per-query path: same filter semantics
     r = client.post("/v1/search", json={"text": "stripes", "k": 3, "categories": ["Red circle"]})
     assert r.status_code == 200 and {h["category"] for h in r.json()["results"]} <= {"Red circle"}
+
+
+def test_loaded_heap_is_frozen_out_of_the_cyclic_gc(built_catalog: str) -> None:
+    """After start-up everything loaded is frozen (gc.freeze: no full-collection stalls
+    over it), new garbage is still collected, and shutdown unfreezes."""
+    import gc
+
+    gc.unfreeze()
+    app = create_app(ServiceSettings(catalog=built_catalog, load_in_background=False))
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000
+        cycle: list[object] = []
+        cycle.append(cycle)  # new cyclic garbage after the freeze
+        del cycle
+        assert gc.collect() >= 1
+    assert gc.get_freeze_count() == 0
+    off = create_app(
+        ServiceSettings(catalog=built_catalog, load_in_background=False, gc_freeze=False)
+    )
+    with TestClient(off) as c:
+        assert c.get("/readyz").status_code == 200
+        assert gc.get_freeze_count() == 0
