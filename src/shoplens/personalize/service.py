@@ -187,8 +187,9 @@ class Recommendations:
         return [out[pos] for pos in range(len(requests))]
 
     def _rank(self, history: History, k: int) -> dict[str, Any]:
-        if self.batcher is not None:
-            return dict(self.batcher.call((history, k)))
+        batcher = self.batcher
+        if batcher is not None and not batcher.closed:  # closed: a newer build took over
+            return dict(batcher.call((history, k)))
         return dict(self.ranker.recommend_one(history, k))
 
     @property

@@ -194,6 +194,7 @@ class ServiceState:
                 engine.text_build.index,
                 max_batch=settings.batch_max_size,
                 max_wait_ms=settings.batch_max_wait_ms,
+                workers=settings.batch_workers,
                 on_encode=self.metrics.observe_encode if self.metrics is not None else None,
                 prepare=lambda: faiss_threads_here(threads),
             )
@@ -498,6 +499,7 @@ class RecsState:
                 max_wait_ms=s.batch_max_wait_ms,
                 on_batch=self.metrics.observe_recommend if self.metrics is not None else None,
                 name="shoplens-recs-batcher",
+                workers=s.batch_workers,
             )
         freeze_heap(s)
         return recs

@@ -439,6 +439,7 @@ class DenseTextBatcher:
         *,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
+        workers: int | None = 1,
         on_encode: EncodeCallback | None = None,
         prepare: Callable[[], None] | None = None,
     ) -> None:
@@ -447,7 +448,11 @@ class DenseTextBatcher:
         self.on_encode = on_encode
         self.prepare = prepare  # run first in whichever thread runs a batch
         self._batcher: MicroBatcher[tuple[str, int], list[tuple[int, float]]] = MicroBatcher(
-            self._rank_many, max_batch, max_wait_ms, name="shoplens-batch-dense-text"
+            self._rank_many,
+            max_batch,
+            max_wait_ms,
+            name="shoplens-batch-dense-text",
+            workers=workers,
         )
 
     def _rank_many(self, items: list[tuple[str, int]]) -> list[list[tuple[int, float]]]:
