@@ -238,10 +238,19 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def dotted_parent(data: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
-    """For ``"a.b.c"``: the section ``data["a"]["b"]`` (created when missing) and ``"c"``."""
+    """For ``"a.b.c"``: the section ``data["a"]["b"]`` (created when missing) and ``"c"``.
+
+    A section that already holds the rest of the path as one dotted key (a free-form
+    mapping such as ``model_overrides: {"image_tower.widths": ...}``) gets that key
+    replaced: ``model_overrides.image_tower.widths=[...]`` overrides the recipe's value
+    instead of adding a second, nested one.
+    """
     *parents, leaf = key.split(".")
     node = data
     for i, part in enumerate(parents):
+        rest = ".".join([*parents[i:], leaf])
+        if rest in node:
+            return node, rest
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             section = ".".join(parents[: i + 1])

@@ -158,3 +158,29 @@ def test_train_help_names_every_built_in_recipe() -> None:
     out = CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output
     assert all(name in out for name in names), out
     assert all(resolve_config_path(n) is not None for n in names)
+
+
+def test_override_replaces_a_recipes_dotted_model_override(tmp_path: Path) -> None:
+    """A recipe writes ``model_overrides: {image_tower.widths: ...}``; the CLI override
+    ``model_overrides.image_tower.widths=...`` replaces that key (one value, no second
+    nested copy whose precedence would depend on key order)."""
+    from shoplens.training.experiment import ExperimentConfig
+
+    yml = write(
+        tmp_path / "r.yaml",
+        "model: resnet-small\nmodel_overrides:\n  image_tower.widths: [24, 64, 160]\n"
+        "  tta_flip: true\n",
+    )
+    cfg = load_config(
+        ExperimentConfig,
+        yml,
+        [
+            "model_overrides.image_tower.widths=[24,64,128]",
+            "model_overrides.image_tower.depths=[1,1]",
+        ],
+    )
+    assert cfg.model_overrides == {
+        "image_tower.widths": [24, 64, 128],
+        "tta_flip": True,
+        "image_tower": {"depths": [1, 1]},  # no dotted key to replace: nested as before
+    }
