@@ -83,6 +83,14 @@ def check_k(k: int, limit: int = MAX_K) -> int:
     return k
 
 
+def ranked_pairs(ids: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
+    """One query's index result row, (n,) ids and (n,) scores, as ``[(id, score), ...]``
+    without the -1 padding."""
+    # tolist() first: iterating numpy arrays element by element is several times slower
+    pairs = zip(ids.tolist(), scores.tolist(), strict=True)
+    return [(int(i), float(s)) for i, s in pairs if i >= 0]
+
+
 class SearchEngine:
     """Loaded indexes of one catalogue; thread-safe for concurrent searches."""
 
@@ -232,9 +240,7 @@ class SearchEngine:
             if allowed is not None and allowed.size == 0:
                 return []
             scores, ids = build.index.search(q, n, allowed)
-        # tolist() first: iterating numpy arrays element by element is several times slower
-        pairs = zip(ids[0].tolist(), scores[0].tolist(), strict=True)
-        return [(int(i), float(s)) for i, s in pairs if i >= 0]
+        return ranked_pairs(ids[0], scores[0])
 
     # ---- queries ---------------------------------------------------------------------
     def image_ranking(

@@ -31,6 +31,7 @@ import numpy as np
 
 from shoplens.errors import InvalidInputError
 from shoplens.models.base import Encoder
+from shoplens.search.engine import ranked_pairs
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -244,6 +245,16 @@ class MicroBatcher(Generic[T, R]):
 EncodeCallback = Callable[[str, int, float], None]  # (kind "image"/"text", batch size, seconds)
 
 
+def _report_encode(on_encode: EncodeCallback | None, kind: str, size: int, seconds: float) -> None:
+    """Tell ``on_encode`` about one encoder pass; a failing callback never breaks answers."""
+    if on_encode is None:
+        return
+    try:
+        on_encode(kind, size, seconds)
+    except Exception:
+        log.exception("on_encode callback failed")
+
+
 class BatchingEncoder(Encoder):
     """An encoder whose ``encode_images`` / ``encode_texts`` calls from concurrent
     threads are micro-batched into one forward pass of the wrapped ``encoder``.
@@ -318,11 +329,8 @@ class BatchingEncoder(Encoder):
                 return np.stack(rows).astype(np.float32, copy=False)  # (N, D)
         t0 = time.perf_counter()
         out = self._forward_fn(kind)(list(items))
-        if self.on_encode is not None and len(items):
-            try:
-                self.on_encode(kind, len(items), time.perf_counter() - t0)
-            except Exception:
-                log.exception("on_encode callback failed")
+        if len(items):
+            _report_encode(self.on_encode, kind, len(items), time.perf_counter() - t0)
         return out
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
@@ -460,17 +468,9 @@ class DenseTextBatcher:
             self.prepare()
         t0 = time.perf_counter()
         q = self.encoder.encode_texts([text for text, _ in items])  # (B, D)
-        if self.on_encode is not None:
-            try:
-                self.on_encode("text", len(items), time.perf_counter() - t0)
-            except Exception:
-                log.exception("on_encode callback failed")
+        _report_encode(self.on_encode, "text", len(items), time.perf_counter() - t0)
         scores, ids = self.index.search(q, max(n for _, n in items))  # (B, nmax) each
-        out = []
-        for row, (_, n) in enumerate(items):
-            pairs = zip(ids[row, :n].tolist(), scores[row, :n].tolist(), strict=True)
-            out.append([(int(i), float(s)) for i, s in pairs if i >= 0])
-        return out
+        return [ranked_pairs(ids[row, :n], scores[row, :n]) for row, (_, n) in enumerate(items)]
 
     def call(self, item: tuple[str, int]) -> list[tuple[int, float]]:
         """The ranking of ``item`` = (text, n) (run at once when idle, else batched)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
@@ -42,13 +43,13 @@ class Metrics:
             "Queries per encoder forward pass",
             ["kind"],
             registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            buckets=BATCH_SIZES,
         )
         self.recommend_batch = Histogram(
             "shoplens_recommend_batch_size",
             "Customers per ranker pass (concurrent recommendation requests micro-batched)",
             registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            buckets=BATCH_SIZES,
         )
         self.recommend_rank_seconds = Histogram(
             "shoplens_recommend_rank_seconds",

@@ -64,8 +64,9 @@ class ServiceSettings(BaseSettings):
     # Exact (Flat) FAISS search scans the vectors once per query, or, from queries x dim
     # >= this, once per batch with one BLAS matrix product. FAISS's default (128,000: 1,000
     # queries at dim 128) never lets a micro-batch use the product; 1024 does from 8
-    # queries at dim 128 and 3 at dim 384, where it measured faster (docs/BENCHMARKS.md,
-    # "Exact search per query by batch size"). None: FAISS's default.
+    # queries at dim 128 and 3 at dim 384 (measured faster from 8 queries at both dims,
+    # the same at 2-4: docs/BENCHMARKS.md, "Cost per query by batch size"). None: FAISS's
+    # default.
     faiss_blas_threshold: Annotated[int | None, Field(ge=1)] = 1024
     # After loading the index or a recommender: collect once, then keep everything loaded
     # out of the cyclic garbage collector's scans (gc.freeze). The demo catalogue loaded
