@@ -448,6 +448,8 @@ def service_env(s: argparse.Namespace, batching: bool) -> dict[str, str]:
         "SHOPLENS_BATCH_MAX_WAIT_MS": str(s.max_wait_ms),
     }
     env["SHOPLENS_TORCH_THREADS"] = str(s.torch_threads)
+    if s.batch_workers is not None:  # else the service's default (one per core)
+        env["SHOPLENS_BATCH_WORKERS"] = str(s.batch_workers)
     env["SHOPLENS_FAISS_THREADS"] = str(s.faiss_threads)
     env["SHOPLENS_FAISS_BLAS_THRESHOLD"] = str(s.faiss_blas_threshold)
     return env
@@ -604,6 +606,16 @@ def main(argv: list[str] | None = None) -> Row:
             **service_env(s, True),
             "SHOPLENS_TORCH_THREADS": str(n_threads),
         }
+    for workers in s.tune_workers:
+        envs[f"on, batch workers {workers}"] = {
+            **service_env(s, True),
+            "SHOPLENS_BATCH_WORKERS": str(workers),
+        }
+    for n_threads in s.tune_off_torch_threads:  # is the baseline at its best?
+        envs[f"off, torch threads {n_threads}"] = {
+            **service_env(s, False),
+            "SHOPLENS_TORCH_THREADS": str(n_threads),
+        }
     with contextlib.ExitStack() as stack:
         bases = {k: stack.enter_context(service(s.catalog, env)) for k, env in envs.items()}
         on = bases["batching on"]
@@ -653,6 +665,9 @@ def main(argv: list[str] | None = None) -> Row:
             "max_wait_ms": s.max_wait_ms,
             "tune_wait_ms": s.tune_wait,
             "tune_torch_threads": s.tune_torch_threads,
+            "tune_workers": s.tune_workers,
+            "tune_off_torch_threads": s.tune_off_torch_threads,
+            "batch_workers": s.batch_workers,
             "torch_threads": s.torch_threads,
             "faiss_threads": s.faiss_threads,
             "faiss_blas_threshold": s.faiss_blas_threshold,
@@ -805,23 +820,32 @@ def render(r: Row) -> str:
                 f"{batch} | "
                 f"{x['speedup_paired_median']:.2f}x | {x['p99_ratio']:.2f}x |"
             )
-    img = r["batching"]["image search"]["configs"]["batching on"]
-    txt = r["batching"]["text search"]["configs"]["batching on"]
-    best = max(
-        r["batching"]["image search"]["configs"].items(),
-        key=lambda kv: kv[1]["speedup_paired_median"],
-    )
+    verdicts = []
+    for route in ("image search", "text search"):
+        configs = r["batching"][route]["configs"]
+        on = configs["batching on"]
+        # against the best batching-off configuration tried (the default one unless a
+        # variant was faster): the gain must not come from a handicapped baseline
+        off_name, off = max(
+            ((k, v) for k, v in configs.items() if k == "batching off" or k.startswith("off,")),
+            key=lambda kv: kv[1]["speedup_paired_median"],
+        )
+        speedup = on["speedup_paired_median"] / off["speedup_paired_median"]
+        p99 = on["p99_ms"] / off["p99_ms"]
+        best = max(
+            ((k, v) for k, v in configs.items() if not k.startswith(("off", "batching off"))),
+            key=lambda kv: kv[1]["speedup_paired_median"],
+        )
+        verdicts.append(
+            f"{route.capitalize()} (default settings, vs {off_name}): **{speedup:.2f}x** "
+            f"{_met(speedup >= TARGET_BATCH_SPEEDUP)}, p99 {p99:.2f}x "
+            f"{_met(p99 <= TARGET_BATCH_P99)}; best configuration tried: {best[0]} "
+            f"({best[1]['speedup_paired_median']:.2f}x vs batching off)."
+        )
     lines += [
         "",
         f"Target (concurrency 8): >= {TARGET_BATCH_SPEEDUP}x throughput with batching, p99 "
-        f"no worse than {TARGET_BATCH_P99:g}x. Image search (default settings): "
-        f"**{img['speedup_paired_median']:.2f}x** "
-        f"{_met(img['speedup_paired_median'] >= TARGET_BATCH_SPEEDUP)}, p99 "
-        f"{img['p99_ratio']:.2f}x {_met(img['p99_ratio'] <= TARGET_BATCH_P99)}; best "
-        f"configuration tried: {best[0]} ({best[1]['speedup_paired_median']:.2f}x). "
-        f"Text search: **{txt['speedup_paired_median']:.2f}x** "
-        f"{_met(txt['speedup_paired_median'] >= TARGET_BATCH_SPEEDUP)}, p99 "
-        f"{txt['p99_ratio']:.2f}x {_met(txt['p99_ratio'] <= TARGET_BATCH_P99)}.",
+        f"no worse than {TARGET_BATCH_P99:g}x. " + " ".join(verdicts),
     ]
     shares = {
         route: b["configs"][b["baseline"]].get("encode_share")
@@ -983,8 +1007,11 @@ def batch_cost_lines(r: Row, where: str) -> list[str]:
     if bounds:
         lines += [
             "",
-            "What these costs allow (the rest of a request, HTTP, parsing, decoding, "
-            "products and JSON, unchanged): " + "; ".join(bounds) + ".",
+            "What these costs allow if the rest of a request (HTTP, parsing, decoding, "
+            "products and JSON) cost the same with and without batching and each pass "
+            "cost what it costs alone: " + "; ".join(bounds) + ". An estimate, not a "
+            "bound: under load the unbatched passes of concurrent requests also compete "
+            "for the cores and caches, so the speedups measured above can exceed it.",
         ]
     return lines
 
@@ -1015,6 +1042,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="2",
         help="other torch thread counts (comma-separated) compared with batching off",
     )
+    p.add_argument(
+        "--tune-workers",
+        default="1",
+        help="other batch worker counts (comma-separated) compared with batching off",
+    )
+    p.add_argument(
+        "--tune-off-torch-threads",
+        default="2",
+        help="torch thread counts (comma-separated) tried with batching off too",
+    )
+    p.add_argument(
+        "--batch-workers",
+        type=int,
+        default=None,
+        help="SHOPLENS_BATCH_WORKERS (default: the service's, one per core)",
+    )
     p.add_argument("--torch-threads", type=int, default=1, help="SHOPLENS_TORCH_THREADS")
     p.add_argument("--faiss-threads", type=int, default=1, help="SHOPLENS_FAISS_THREADS")
     p.add_argument(
@@ -1039,6 +1082,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.levels = [int(x) for x in str(s.levels).split(",") if x]
     s.tune_wait = [float(x) for x in str(s.tune_wait).split(",") if x]
     s.tune_torch_threads = [int(x) for x in str(s.tune_torch_threads).split(",") if x]
+    s.tune_workers = [int(x) for x in str(s.tune_workers).split(",") if x]
+    s.tune_off_torch_threads = [int(x) for x in str(s.tune_off_torch_threads).split(",") if x]
     if s.quick:
         s.requests, s.warmup, s.rounds, s.iterations = 80, 10, 2, 200
     return s

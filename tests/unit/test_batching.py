@@ -197,6 +197,33 @@ def test_at_most_workers_calls_run_at_once_and_all_of_them_are_used(workers: int
     assert peak == workers  # inline calls and worker batches together never exceed it
 
 
+def test_lone_calls_run_inline_only_while_calls_do_not_overlap() -> None:
+    """Light traffic: a lone call runs in the caller's thread (no wait, no hand-off).
+    Once calls overlap (concurrent traffic), lone calls are queued for the worker, so the
+    first caller back after a batch waits for company instead of taking the slot alone;
+    after ``inline_after_s`` without overlap they run inline again."""
+    where: list[str] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        where.append(threading.current_thread().name)
+        time.sleep(0.3 if 3 in xs else 0.01)  # the other caller arrives meanwhile
+        return [x + 1 for x in xs]
+
+    b: MicroBatcher[int, int] = MicroBatcher(
+        fn, max_batch=8, max_wait_ms=1, name="lone", inline_after_s=1.0
+    )
+    try:
+        assert b.call(1) == 2 and where[-1] == threading.current_thread().name
+        assert b.call(2) == 3 and where[-1] == threading.current_thread().name
+        with ThreadPoolExecutor(2) as pool:  # two calls at once: they overlap
+            assert list(pool.map(b.call, [3, 4])) == [4, 5]
+        assert b.call(5) == 6 and where[-1].startswith("lone-")  # queued for the worker
+        time.sleep(1.1)  # quiet for longer than inline_after_s
+        assert b.call(6) == 7 and where[-1] == threading.current_thread().name
+    finally:
+        b.close()
+
+
 # ---- BatchingEncoder ------------------------------------------------------------------------
 
 
@@ -341,23 +368,27 @@ def test_faiss_blas_threshold_setting_keeps_exact_results() -> None:
 
 
 def test_dense_text_batcher_ranks_like_encoder_then_index() -> None:
-    """Concurrent text queries (different n) share one encoder pass and one index search,
-    and each gets the ranking the encoder and the index give it alone; after close()
-    (a model swap) calls are still answered."""
+    """Concurrent text queries (different n) share one encoder pass and one index search
+    per signal, and each gets, per signal in order, the ranking that encoder and index
+    give it alone; after close() (a model swap) calls are still answered."""
     from shoplens.index.base import make_index
     from shoplens.serve.batching import DenseTextBatcher
 
     raw = create_encoder("test-tiny-text")
     rng = np.random.default_rng(0)
-    vecs = rng.standard_normal((300, raw.dim)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    index = make_index(raw.dim, "Flat")
-    index.add(np.arange(300), vecs)
+    indexes = []
+    for size in (300, 120):  # e.g. the text index, then the image index
+        vecs = rng.standard_normal((size, raw.dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        indexes.append(make_index(raw.dim, "Flat"))
+        indexes[-1].add(np.arange(size) + 1000 * len(indexes), vecs)
+    index = indexes[0]
     sizes: list[int] = []
     prepared: list[str] = []
+    with pytest.raises(InvalidInputError):
+        DenseTextBatcher([])
     dense = DenseTextBatcher(
-        raw,
-        index,
+        [(raw, index), (raw, indexes[1])],
         max_batch=8,
         max_wait_ms=20,
         on_encode=lambda kind, n, s: sizes.append(n),
@@ -367,14 +398,17 @@ def test_dense_text_batcher_ranks_like_encoder_then_index() -> None:
     ns = [5 + i % 4 * 10 for i in range(40)]  # n 5, 15, 25, 35
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda i: dense((texts[i], ns[i])), range(40)))
-    for i, ranking in enumerate(got):
-        scores, ids = index.search(raw.encode_texts([texts[i]]), ns[i])
-        assert [p for p, _ in ranking] == ids[0].tolist()
-        np.testing.assert_allclose([s for _, s in ranking], scores[0], rtol=1e-5, atol=1e-5)
-    assert sum(sizes) == 40 and max(sizes) > 1  # shared passes, each query encoded once
-    assert len(prepared) == len(sizes)  # the thread set-up ran before every pass
+    for i, rankings in enumerate(got):
+        assert len(rankings) == 2
+        for ranking, idx in zip(rankings, indexes, strict=True):
+            scores, ids = idx.search(raw.encode_texts([texts[i]]), ns[i])
+            assert [p for p, _ in ranking] == ids[0].tolist()
+            np.testing.assert_allclose([s for _, s in ranking], scores[0], rtol=1e-5, atol=1e-5)
+    assert sum(sizes) == 2 * 40 and max(sizes) > 1  # shared passes, each query encoded once
+    assert len(prepared) == len(sizes) // 2  # the thread set-up ran before every batch
     dense.close()
     assert dense.closed
-    assert [p for p, _ in dense(("after close", 3))] == index.search(
-        raw.encode_texts(["after close"]), 3
-    )[1][0].tolist()
+    after = dense(("after close", 3))
+    for ranking, idx in zip(after, indexes, strict=True):
+        want = idx.search(raw.encode_texts(["after close"]), 3)[1][0].tolist()
+        assert [p for p, _ in ranking] == want

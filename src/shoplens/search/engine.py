@@ -113,9 +113,12 @@ class SearchEngine:
             self.text_build, self.bm25 = None, None
         # product id -> row of the image build (built once: a per-query map costs O(N))
         self._rows = {int(i): n for n, i in enumerate(self.image_build.ids)}
-        # (text, n) -> the unfiltered dense text ranking; set by the service to batch the
-        # encoder pass and the index search of concurrent text queries as one step
-        self.dense_text: Callable[[tuple[str, int]], list[tuple[int, float]]] | None = None
+        # (text, n) -> the unfiltered dense rankings of a text query (the text index's,
+        # then the image index's when the image encoder embeds texts), as text_rankings
+        # computes them; set by the service to batch concurrent text queries as one step
+        self.dense_text: Callable[[tuple[str, int]], list[list[tuple[int, float]]]] | None = (
+            None
+        )
 
     @classmethod
     def open(cls, name: str, encoder: str | None = None) -> SearchEngine:
@@ -258,11 +261,12 @@ class SearchEngine:
         if self.bm25 is not None and self.text_build is not None:
             ids = self._allowed_ids(filters)
             lists.append(self.bm25.search(text, n, ids))
-            if ids is None and self.dense_text is not None:
-                lists.append(self.dense_text((text, n)))
-            else:
-                q = self.text_encoder.encode_texts([text])
-                lists.append(self._vector_ranked(self.text_build, q, n, ids))
+        if not filters and self.dense_text is not None:
+            lists.extend(self.dense_text((text, n)))  # the dense rankings below, batched
+            return lists
+        if self.bm25 is not None and self.text_build is not None:
+            q = self.text_encoder.encode_texts([text])
+            lists.append(self._vector_ranked(self.text_build, q, n, ids))
         if self.encoder.shared_space:
             q = self.encoder.encode_texts([text])
             image_allowed = self._allowed(filters, self.image_build, ids)

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shoplens import __version__
@@ -179,6 +180,7 @@ class ServiceState:
                 catalog.close()
             raise
         raw_text_encoder = getattr(engine, "text_encoder", None)
+        raw_encoder = engine.encoder
         engine.encoder = self._wrap(engine.encoder)
         if raw_text_encoder is not None and engine.text_build is not None:
             engine.text_encoder = self._wrap(raw_text_encoder)
@@ -186,12 +188,17 @@ class ServiceState:
             for build in (engine.image_build, engine.text_build):
                 if build is not None and hasattr(build.index, "_index"):  # a FAISS index
                     build.index = _ThreadLimitedIndex(build.index, settings.faiss_threads)
-        if settings.batching and raw_text_encoder is not None and engine.text_build is not None:
-            # a text query's encoder pass and text-index search batched as one step
+        # a text query's dense rankings (encoder passes and index searches) as one step,
+        # in the order SearchEngine.text_rankings computes them
+        signals: list[tuple[Any, Any]] = []
+        if raw_text_encoder is not None and engine.text_build is not None:
+            signals.append((raw_text_encoder, engine.text_build.index))
+        if raw_encoder.shared_space:
+            signals.append((raw_encoder, engine.image_build.index))
+        if settings.batching and signals:
             threads = settings.faiss_threads
             engine.dense_text = DenseTextBatcher(
-                raw_text_encoder,
-                engine.text_build.index,
+                signals,
                 max_batch=settings.batch_max_size,
                 max_wait_ms=settings.batch_max_wait_ms,
                 workers=settings.batch_workers,
@@ -407,6 +414,40 @@ def _close_encoders(engine: SearchEngine) -> None:
     for build in (engine.image_build, getattr(engine, "text_build", None)):
         if build is not None and isinstance(build.index, BatchingIndex):
             build.index.close()
+
+
+class ObserveMiddleware:
+    """Request count and latency per route in /metrics, and the service's own time in a
+    ``Server-Timing: app;dur=MS`` header (from the request reaching this middleware to
+    the response starting).
+
+    Pure ASGI: ``@app.middleware("http")`` (Starlette's BaseHTTPMiddleware) costs an
+    extra task and a response stream per request on the event loop's thread.
+    """
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def send_observed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                seconds = time.perf_counter() - start
+                path = getattr(scope.get("route"), "path", "unmatched")  # set by the router
+                method = scope["method"]
+                self.metrics.requests.labels(method, path, str(message["status"])).inc()
+                self.metrics.latency.labels(method, path).observe(seconds)
+                MutableHeaders(scope=message).append(
+                    "Server-Timing", f"app;dur={seconds * 1000:.2f}"
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_observed)
 
 
 def _set_threads(settings: ServiceSettings) -> None:
@@ -685,17 +726,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     install_limits(app, settings, key_identity, ui_error_page)  # inside `observe`
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        seconds = time.perf_counter() - start
-        metrics.latency.labels(request.method, path).observe(seconds)
-        response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.2f}"
-        return response
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     install_edge(app, settings)  # CORS, security headers, trusted proxies: outermost
 

@@ -4,10 +4,11 @@ The service answers each request in a thread of Starlette's pool. With batching 
 request that needs a query embedding hands its image (or text) to a :class:`MicroBatcher`
 and waits; a worker thread collects what arrives within ``max_wait_ms`` of the oldest
 waiting item (at most ``max_batch`` items), runs the encoder once on all of them and gives
-every caller its own row. At most ``workers`` forward passes run at once (default one;
-``None``: one per core, for encoders run with one thread per call). A request that finds a free slot
-and nothing queued runs at once in its own thread (no wait, no hand-off); requests that
-arrive while every slot is busy are batched.
+every caller its own row. At most ``workers`` forward passes run at once (one worker
+forms a batch at a time; default one, the service's default ``None``: one per core, for
+encoders run with one thread per call). Under light traffic a
+request that finds a free slot and nothing queued runs at once in its own thread (no
+wait, no hand-off); under concurrent traffic every request is queued and batched.
 When one item of a batch makes the encoder raise, the items are retried one by one, so
 only the request with the bad item fails.
 
@@ -19,7 +20,6 @@ else, e.g. ``compose`` / ``can_compose``, passes through to the wrapped encoder)
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,6 +37,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger("shoplens.serve.batching")
 
+Ranking = list[tuple[int, float]]  # [(product id, score), ...], best first
 BatchFn = Callable[[list[T]], "Sequence[R] | np.ndarray"]
 OnBatch = Callable[[int, float], None]  # (batch size, seconds in fn)
 _STOP = object()
@@ -59,11 +60,16 @@ class MicroBatcher(Generic[T, R]):
         name: the worker threads' name.
         workers: at most this many calls of ``fn`` run at once (inline calls included);
             None: one per CPU core.
+        inline_after_s: ``call`` runs a lone item inline only when no two calls have
+            overlapped for this long (see below).
 
     ``submit(item)`` returns a Future with the item's own result or exception.
-    ``call(item)`` blocks for the result; when nothing is queued and a slot is free it
-    runs ``fn([item])`` at once in the calling thread, so a lone request pays neither the
-    wait nor a thread hand-off; callers arriving while every slot is busy are batched.
+    ``call(item)`` blocks for the result. Under light traffic (no two calls overlapped
+    in the last ``inline_after_s``), with nothing queued and a slot free, it runs
+    ``fn([item])`` at once in the calling thread: a lone request pays neither the wait
+    nor a thread hand-off. Under concurrent traffic every call is queued: the first
+    caller back after a batch then waits up to ``max_wait_ms`` for the others instead of
+    taking the only slot for a batch of one while they queue behind it.
     ``close()`` runs everything submitted so far, then stops the worker; submitting
     after that raises RuntimeError.
     """
@@ -77,8 +83,12 @@ class MicroBatcher(Generic[T, R]):
         on_batch: OnBatch | None = None,
         name: str = "shoplens-batcher",
         workers: int | None = 1,
+        inline_after_s: float = 0.5,
     ) -> None:
-        workers = workers if workers is not None else (os.cpu_count() or 1)
+        if workers is None:
+            from shoplens.eval.report import cpu_cores
+
+            workers = max(1, cpu_cores())
         if workers < 1:
             raise InvalidInputError(f"workers must be at least 1, got {workers}")
         if max_batch < 1:
@@ -91,9 +101,13 @@ class MicroBatcher(Generic[T, R]):
         self.on_batch = on_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._collecting = threading.Lock()  # held by the worker forming a batch
         self._closed = False
         self._queued = 0  # items submitted and not yet taken by the worker
         self._running = 0  # batches running (the workers' and inline calls)
+        self.inline_after_s = float(inline_after_s)
+        self._callers = 0  # threads inside call() now
+        self._overlap_at = -float("inf")  # when two calls last overlapped (monotonic s)
         self.workers = int(workers)
         self._slots = threading.Semaphore(self.workers)  # calls of fn running at once
         self._threads = [
@@ -122,22 +136,31 @@ class MicroBatcher(Generic[T, R]):
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the batcher is closed")
-            inline = self._queued == 0 and self._slots.acquire(blocking=False)
+            now = time.monotonic()
+            self._callers += 1
+            if self._callers > 1:
+                self._overlap_at = now
+            quiet = now - self._overlap_at >= self.inline_after_s
+            inline = quiet and self._queued == 0 and self._slots.acquire(blocking=False)
             if inline:
                 self._running += 1
-        if not inline:
-            return self.submit(item).result()
         try:
-            t0 = time.perf_counter()
-            out = self.fn([item])
-            if len(out) != 1:
-                raise RuntimeError(f"batch function returned {len(out)} results for 1")
-            self._report(1, time.perf_counter() - t0)
-            return out[0]
+            if not inline:
+                return self.submit(item).result()
+            try:
+                t0 = time.perf_counter()
+                out = self.fn([item])
+                if len(out) != 1:
+                    raise RuntimeError(f"batch function returned {len(out)} results for 1")
+                self._report(1, time.perf_counter() - t0)
+                return out[0]
+            finally:
+                with self._lock:
+                    self._running -= 1
+                self._slots.release()
         finally:
             with self._lock:
-                self._running -= 1
-            self._slots.release()
+                self._callers -= 1
 
     def map(self, items: Sequence[T]) -> list[R]:
         """Submit every item and wait for all results (raises the first item's error)."""
@@ -160,32 +183,34 @@ class MicroBatcher(Generic[T, R]):
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch = [first]
-            self._slots.acquire()  # wait for a free slot (what queues meanwhile joins in)
-            # The oldest item waits at most max_wait in all, including the time it spent
-            # queued while the previous batch ran: then the batch takes what is queued now.
-            deadline = first[2] + self.max_wait_s
-            while len(batch) < self.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    nxt = (
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
+            # One worker forms a batch at a time: workers taking items from the queue
+            # side by side would split the waiting items into smaller batches.
+            with self._collecting:
+                first = self._queue.get()
+                if first is _STOP:
                     break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-
-            with self._lock:
-                self._queued -= len(batch)
-                self._running += 1
+                batch = [first]
+                self._slots.acquire()  # wait for a free slot (what queues meanwhile joins)
+                # The oldest item waits at most max_wait in all, including the time it spent
+                # queued while the previous batch ran: then the batch takes what is queued.
+                deadline = first[2] + self.max_wait_s
+                while len(batch) < self.max_batch:
+                    remaining = deadline - time.monotonic()
+                    try:
+                        nxt = (
+                            self._queue.get(timeout=remaining)
+                            if remaining > 0
+                            else self._queue.get_nowait()
+                        )
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                with self._lock:
+                    self._queued -= len(batch)
+                    self._running += 1
             try:
                 self._process([(item, fut) for item, fut, _ in batch])
             except BaseException as e:  # never leave a caller waiting forever
@@ -428,22 +453,25 @@ class BatchingIndex:
 
 
 class DenseTextBatcher:
-    """The unfiltered dense text rankings of concurrent text queries as one step: one
-    encoder pass and one index search for the whole micro-batch.
+    """The unfiltered dense rankings of concurrent text queries as one step: for each
+    signal (an encoder and the index its vectors live in), one encoder pass and one
+    index search for the whole micro-batch.
 
-    Separate micro-batchers for the encoder and the index would split the concurrent
-    queries over two stages (smaller batches at each); this one keeps them together, so
-    the batch that shares the encoder pass also shares the index pass (one BLAS product
-    from ``SHOPLENS_FAISS_BLAS_THRESHOLD``). ``call((text, n))`` returns that text's
-    ``[(product id, score), ...]``, best first; ``on_encode("text", size, seconds)``
-    reports each encoder pass like :class:`BatchingEncoder` does. After ``close()`` calls
-    are answered directly.
+    The service gives it the text encoder with the text index and, when the image
+    encoder embeds texts in its own space, that encoder with the image index: every
+    dense ranking of a text query then runs in the one batch. Separate micro-batchers
+    per encoder and index would split the concurrent queries over several stages
+    (smaller batches at each, a thread hand-off per stage); one step keeps them together,
+    so the batch that shares the encoder passes also shares the index passes (one BLAS
+    product from ``SHOPLENS_FAISS_BLAS_THRESHOLD``). ``call((text, n))`` returns that
+    text's rankings, one ``[(product id, score), ...]`` per signal in order, best first;
+    ``on_encode("text", size, seconds)`` reports each encoder pass like
+    :class:`BatchingEncoder` does. After ``close()`` calls are answered directly.
     """
 
     def __init__(
         self,
-        encoder: Encoder,
-        index: Any,
+        signals: Sequence[tuple[Encoder, Any]],
         *,
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
@@ -451,11 +479,12 @@ class DenseTextBatcher:
         on_encode: EncodeCallback | None = None,
         prepare: Callable[[], None] | None = None,
     ) -> None:
-        self.encoder = encoder
-        self.index = index
+        if not signals:
+            raise InvalidInputError("DenseTextBatcher needs at least one (encoder, index)")
+        self.signals = list(signals)
         self.on_encode = on_encode
         self.prepare = prepare  # run first in whichever thread runs a batch
-        self._batcher: MicroBatcher[tuple[str, int], list[tuple[int, float]]] = MicroBatcher(
+        self._batcher: MicroBatcher[tuple[str, int], list[Ranking]] = MicroBatcher(
             self._rank_many,
             max_batch,
             max_wait_ms,
@@ -463,17 +492,25 @@ class DenseTextBatcher:
             workers=workers,
         )
 
-    def _rank_many(self, items: list[tuple[str, int]]) -> list[list[tuple[int, float]]]:
+    def _rank_many(self, items: list[tuple[str, int]]) -> list[list[Ranking]]:
         if self.prepare is not None:
             self.prepare()
-        t0 = time.perf_counter()
-        q = self.encoder.encode_texts([text for text, _ in items])  # (B, D)
-        _report_encode(self.on_encode, "text", len(items), time.perf_counter() - t0)
-        scores, ids = self.index.search(q, max(n for _, n in items))  # (B, nmax) each
-        return [ranked_pairs(ids[row, :n], scores[row, :n]) for row, (_, n) in enumerate(items)]
+        texts = [text for text, _ in items]
+        n_max = max(n for _, n in items)
+        found = []
+        for encoder, index in self.signals:
+            t0 = time.perf_counter()
+            q = encoder.encode_texts(texts)  # (B, D)
+            _report_encode(self.on_encode, "text", len(items), time.perf_counter() - t0)
+            found.append(index.search(q, n_max))  # ((B, n_max) scores, (B, n_max) ids)
+        return [
+            [ranked_pairs(ids[row, :n], scores[row, :n]) for scores, ids in found]
+            for row, (_, n) in enumerate(items)
+        ]
 
-    def call(self, item: tuple[str, int]) -> list[tuple[int, float]]:
-        """The ranking of ``item`` = (text, n) (run at once when idle, else batched)."""
+    def call(self, item: tuple[str, int]) -> list[Ranking]:
+        """The rankings of ``item`` = (text, n), one per signal (batched with concurrent
+        queries)."""
         try:
             return self._batcher.call(item)
         except BatcherClosed:  # closed meanwhile (a model swap): answer directly

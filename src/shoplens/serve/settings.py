@@ -53,9 +53,11 @@ class ServiceSettings(BaseSettings):
     batching: bool = True
     batch_max_size: Annotated[int, Field(ge=1)] = 32
     batch_max_wait_ms: Annotated[float, Field(ge=0)] = 2.0
-    # forward passes (and index searches) that may run at once (None: one per core); 1
-    # measured best on 2 cores (docs/BENCHMARKS.md, micro-batching)
-    batch_workers: Annotated[int | None, Field(ge=1)] = 1
+    # batched steps (forward passes, index searches, ranker passes) that may run at once,
+    # per batcher (None: one per core the process may use). With one torch thread per
+    # call, one per core lets the text query's step (MiniLM + text index) use both cores
+    # of a 2-core machine; a single worker left one idle (docs/BENCHMARKS.md, micro-batching)
+    batch_workers: Annotated[int | None, Field(ge=1)] = None
     # Threads per torch call and per FAISS / BLAS call (None: the libraries' defaults, one
     # per core). Many requests run at once, so one thread each keeps the cores busy
     # without oversubscribing them (docs/BENCHMARKS.md, "Service latency").
