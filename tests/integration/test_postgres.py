@@ -133,6 +133,11 @@ def test_product_cache_follows_writes_from_other_connections(backend: str) -> No
         writer.upsert([rec("a", "third"), rec("c", "sea")])
     got = reader.get_by_ids([ids["a"], ids["b"]])
     assert got[ids["a"]].title == "third" and got[ids["b"]].title == "bee"
+    # get(sku) reads through the same cache and follows writes the same way
+    assert reader.get("a").title == "third" and reader.get("a") is reader.get("a")
+    with Catalog.open("shop") as writer:
+        writer.upsert([rec("a", "fourth")])
+    assert reader.get("a").title == "fourth" and reader.get("c").title == "sea"
     reader.close()
 
 

@@ -73,3 +73,42 @@ def test_composed_queries_go_through_the_combiner(
         plain = SearchEngine(cat, "test-tiny")
         with pytest.raises(InvalidInputError, match="no combiner"):
             plain.search(image=image, text="blue square", k=5, compose=True)
+
+
+def test_service_batches_every_dense_ranking_of_a_text_query(
+    clip_dir: Path, home: Path, catalog_dir: Path
+) -> None:
+    """With an encoder that embeds texts in its image space, the service's one batched
+    text step holds both dense rankings (text encoder + text index, and the model's text
+    tower + image index): concurrent text queries get the plain engine's answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from shoplens.index.build import build_indexes
+    from shoplens.serve import ServiceSettings, create_app
+
+    ingest_manifest(catalog_dir, "clipserve")
+    spec = f"trained:{clip_dir}"
+    queries = ["red circle", "blue square", "yellow stripes", "green triangle"] * 3
+    with Catalog.open("clipserve") as cat:
+        build_indexes(cat, spec, text_encoder="test-tiny-text")
+        plain = SearchEngine(cat, spec, text_encoder="test-tiny-text")
+        assert plain.encoder.shared_space
+        assert len(plain.text_rankings("red circle", 20)) == 3  # BM25, text index, tower
+        want = {q: [(h.sku, round(h.score, 6)) for h in plain.search(text=q, k=5)] for q in queries}
+    app = create_app(ServiceSettings(catalog="clipserve", encoder=spec, load_in_background=False))
+    with TestClient(app) as client:
+        engine = app.state.shoplens.get()
+        indexes = [index for _, index in engine.dense_text.signals]
+        assert len(indexes) == 2
+        assert indexes[1] is not engine.text_build.index  # the image index's ranking too
+
+        def ask(q: str) -> list[tuple[str, float]]:
+            r = client.post("/v1/search", json={"text": q, "k": 5})
+            assert r.status_code == 200, r.text
+            return [(h["sku"], round(h["score"], 6)) for h in r.json()["results"]]
+
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(ask, queries))
+    assert got == [want[q] for q in queries]

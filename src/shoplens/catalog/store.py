@@ -227,6 +227,7 @@ class Catalog:
         # dialects.products_stamp: SQLite's PRAGMA data_version and total_changes, or a
         # stamp a PostgreSQL trigger keeps): search pages re-read the same products often.
         self._cache: dict[int, Product] = {}
+        self._by_sku: dict[str, Product] = {}  # the same cache by sku (Catalog.get)
         self._cache_stamp: tuple[int, int] = (-1, -1)
 
     @property
@@ -368,22 +369,34 @@ class Catalog:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM products").fetchone()[0])
 
+    def _fresh_cache(self) -> dict[int, Product]:
+        """The product cache, emptied first when products changed since it was filled
+        (call with ``self._lock`` held)."""
+        stamp = dialects.products_stamp(self._conn)
+        if stamp != self._cache_stamp or len(self._cache) > PRODUCT_CACHE_SIZE:
+            self._cache.clear()
+            self._by_sku.clear()
+            self._cache_stamp = stamp
+        return self._cache
+
     def get(self, sku: str) -> Product:
         with self._lock:
+            cache = self._fresh_cache()
+            p = self._by_sku.get(sku)
+            if p is not None:
+                return p
             row = self._conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"unknown sku {sku!r} in catalogue {self.name!r}")
-        return _row_to_product(row)
+            if row is None:
+                raise NotFoundError(f"unknown sku {sku!r} in catalogue {self.name!r}")
+            p = cache.setdefault(row["id"], _row_to_product(row))
+            self._by_sku[sku] = p
+            return p
 
     def get_by_ids(self, ids: Sequence[int]) -> dict[int, Product]:
         """Products by internal id (missing ids are left out)."""
         out: dict[int, Product] = {}
         with self._lock:
-            stamp = dialects.products_stamp(self._conn)
-            if stamp != self._cache_stamp or len(self._cache) > PRODUCT_CACHE_SIZE:
-                self._cache.clear()
-                self._cache_stamp = stamp
-            cache = self._cache
+            cache = self._fresh_cache()
             missing = []
             for i in ids:
                 p = cache.get(int(i))
@@ -401,7 +414,7 @@ class Catalog:
 
     def image_file(self, image_key: str) -> str:
         """:meth:`image_path` as a string, without pathlib's cost (hot search path)."""
-        return os.path.join(self._images_root, image_key[:2], image_key)
+        return f"{self._images_root}{os.sep}{image_key[:2]}{os.sep}{image_key}"
 
     def iter_products(self, batch_size: int = 2000) -> Iterator[Product]:
         """All products in id order, fetched in batches."""

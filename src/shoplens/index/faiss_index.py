@@ -109,8 +109,9 @@ class FaissIndex:
         else:
             params, _sel = self._params(allowed_ids)  # keep the selector alive during search
             scores, ids = self._index.search(q, k, params=params)
-        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-        return scores, ids.astype(np.int64)
+        if (ids < 0).any():  # fewer than k results: padding gets the lowest score
+            scores = np.where(ids < 0, -np.inf, scores)
+        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
     def _labels(self) -> np.ndarray:
         import faiss

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, TypeAlias
 from urllib.parse import quote
 
@@ -76,6 +77,12 @@ class Hit:
         }
 
 
+@lru_cache(maxsize=1 << 16)
+def product_image_url(sku: str) -> str:
+    """The API path of a product's image (cached: search pages repeat the same skus)."""
+    return f"/v1/products/{quote(sku, safe='')}/image"
+
+
 def check_k(k: int, limit: int = MAX_K) -> int:
     """``k`` when it is an int in 1..limit, else InvalidInputError."""
     if not isinstance(k, int) or not 1 <= k <= limit:
@@ -116,9 +123,7 @@ class SearchEngine:
         # (text, n) -> the unfiltered dense rankings of a text query (the text index's,
         # then the image index's when the image encoder embeds texts), as text_rankings
         # computes them; set by the service to batch concurrent text queries as one step
-        self.dense_text: Callable[[tuple[str, int]], list[list[tuple[int, float]]]] | None = (
-            None
-        )
+        self.dense_text: Callable[[tuple[str, int]], list[list[tuple[int, float]]]] | None = None
 
     @classmethod
     def open(cls, name: str, encoder: str | None = None) -> SearchEngine:
@@ -182,7 +187,7 @@ class SearchEngine:
                         title=p.title,
                         category=p.category,
                         attributes=p.attributes,
-                        image_url=f"/v1/products/{quote(p.sku, safe='')}/image",
+                        image_url=product_image_url(p.sku),
                         image_path=self.catalog.image_file(p.image_key),
                     )
                 )

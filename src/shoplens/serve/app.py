@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +32,7 @@ from shoplens.errors import (
     ServiceUnavailableError,
     ShoplensError,
 )
-from shoplens.search.engine import Filters, SearchEngine
+from shoplens.search.engine import Filters, SearchEngine, product_image_url
 from shoplens.serve.batching import (
     BatchingEncoder,
     BatchingIndex,
@@ -703,7 +702,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 **r.product.to_dict(),
                 score=r.score,
                 sources=r.sources,
-                image_url=f"/v1/products/{quote(r.product.sku, safe='')}/image",
+                image_url=product_image_url(r.product.sku),
             )
             for r in recs
         ]
@@ -875,7 +874,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.get("/v1/products/{sku}", response_model=ProductOut, tags=["products"], responses=ERRORS)
     def product(sku: str, engine: Engine) -> ProductOut:
         p = engine.catalog.get(sku)
-        return ProductOut(**p.to_dict(), image_url=f"/v1/products/{quote(sku, safe='')}/image")
+        return ProductOut(**p.to_dict(), image_url=product_image_url(sku))
 
     @app.get(
         "/v1/products/{sku}/similar",

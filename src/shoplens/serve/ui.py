@@ -37,7 +37,13 @@ from shoplens.errors import (
     NotReadyError,
     PayloadTooLargeError,
 )
-from shoplens.search.engine import MAX_QUERY_CHARS, Filters, Hit, SearchEngine
+from shoplens.search.engine import (
+    MAX_QUERY_CHARS,
+    Filters,
+    Hit,
+    SearchEngine,
+    product_image_url,
+)
 from shoplens.serve.app import Engine, parse_attr_params
 from shoplens.serve.limits import read_upload
 
@@ -385,7 +391,7 @@ def product_page(request: Request, engine: Engine, sku: str) -> HTMLResponse:
     context = {
         "title": f"{_shorten(product.title)} ({product.sku})",
         "product": product,
-        "image_url": f"/v1/products/{quote(product.sku, safe='')}/image",
+        "image_url": product_image_url(product.sku),
         "attributes": sorted(product.attributes.items()),
         "similar": engine.similar(product.sku, k=SIMILAR_K),
         "category_url": SearchQuery(product.category, product.category).url(),
@@ -417,7 +423,7 @@ def _card(product: Any) -> Card:
         product.title,
         product.category,
         product.attributes,
-        f"/v1/products/{quote(product.sku, safe='')}/image",
+        product_image_url(product.sku),
     )
 
 
