@@ -5,10 +5,10 @@ request that needs a query embedding hands its image (or text) to a :class:`Micr
 and waits; a worker thread collects what arrives within ``max_wait_ms`` of the oldest
 waiting item (at most ``max_batch`` items), runs the encoder once on all of them and gives
 every caller its own row. At most ``workers`` forward passes run at once (one worker
-forms a batch at a time; default one, the service's default ``None``: one per core, for
-encoders run with one thread per call). Under light traffic a
-request that finds a free slot and nothing queued runs at once in its own thread (no
-wait, no hand-off); under concurrent traffic every request is queued and batched.
+forms a batch at a time; default one; the service's default ``None``: one per core, for
+encoders run with one thread per call). Under light traffic a request that finds a free
+slot and nothing queued runs at once in its own thread (no wait, no hand-off); under
+concurrent traffic every request is queued and batched.
 When one item of a batch makes the encoder raise, the items are retried one by one, so
 only the request with the bad item fails.
 
@@ -59,7 +59,7 @@ class MicroBatcher(Generic[T, R]):
         on_batch: called after every successful ``fn`` call with (batch size, seconds).
         name: the worker threads' name.
         workers: at most this many calls of ``fn`` run at once (inline calls included);
-            None: one per CPU core.
+            None: one per CPU core this process may use.
         inline_after_s: ``call`` runs a lone item inline only when no two calls have
             overlapped for this long (see below).
 
