@@ -177,6 +177,50 @@ def test_batched_text_search_answers_like_the_engine(
     assert r.status_code == 200 and {h["category"] for h in r.json()["results"]} <= {"Red circle"}
 
 
+def test_batched_image_search_answers_like_the_engine(built_catalog: str) -> None:
+    """With batching on an image query's encoder pass and index search run as one batched
+    step: concurrent uploads get the engine's own answers (each its own), a page that
+    duplicate images left short is asked again, and filtered queries keep their filter."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shoplens.data.images import decode_image
+    from shoplens.search.engine import SearchEngine
+
+    cats = ("Red circle", "Blue square", "Yellow stripes", "Green triangle")
+    uploads = [png_bytes(c, 300 + i) for i, c in enumerate(cats)] * 3
+    plain = SearchEngine.open(built_catalog)
+    want = [[h.sku for h in plain.search(image=decode_image(b), k=4)] for b in uploads]
+    # a stub batched step whose first answer is one product over and over: the page is
+    # not full after dedupe, so the engine asks the index again and still fills it
+    one = plain.image_ranking(decode_image(uploads[0]), 1)
+    plain.dense_image = lambda item: [one * item[1]]
+    assert [h.sku for h in plain.search(image=decode_image(uploads[0]), k=4)] == want[0]
+    plain.catalog.close()
+
+    app = create_app(
+        ServiceSettings(catalog=built_catalog, load_in_background=False, rate_limit_per_s=0)
+    )
+    with TestClient(app) as client:
+        assert app.state.shoplens.get().dense_image is not None
+
+        def ask(data: bytes) -> list[str]:
+            r = client.post(
+                "/v1/search", files={"image": ("q.png", data, "image/png")}, data={"k": "4"}
+            )
+            assert r.status_code == 200, r.text
+            return [h["sku"] for h in r.json()["results"]]
+
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(ask, uploads))
+        r = client.post(
+            "/v1/search",
+            files={"image": ("q.png", uploads[0], "image/png")},
+            data={"k": "3", "category": "Blue square"},
+        )
+    assert got == want
+    assert r.status_code == 200 and {h["category"] for h in r.json()["results"]} == {"Blue square"}
+
+
 def test_loaded_heap_is_frozen_out_of_the_cyclic_gc(built_catalog: str) -> None:
     """After start-up everything loaded is frozen (gc.freeze: no full-collection stalls
     over it), new garbage is still collected, and shutdown unfreezes."""

@@ -367,12 +367,12 @@ def test_faiss_blas_threshold_setting_keeps_exact_results() -> None:
         ServiceSettings(faiss_blas_threshold=0)
 
 
-def test_dense_text_batcher_ranks_like_encoder_then_index() -> None:
+def test_dense_ranking_batcher_ranks_texts_like_encoder_then_index() -> None:
     """Concurrent text queries (different n) share one encoder pass and one index search
     per signal, and each gets, per signal in order, the ranking that encoder and index
     give it alone; after close() (a model swap) calls are still answered."""
     from shoplens.index.base import make_index
-    from shoplens.serve.batching import DenseTextBatcher
+    from shoplens.serve.batching import DenseRankingBatcher
 
     raw = create_encoder("test-tiny-text")
     rng = np.random.default_rng(0)
@@ -386,8 +386,10 @@ def test_dense_text_batcher_ranks_like_encoder_then_index() -> None:
     sizes: list[int] = []
     prepared: list[str] = []
     with pytest.raises(InvalidInputError):
-        DenseTextBatcher([])
-    dense = DenseTextBatcher(
+        DenseRankingBatcher([])
+    with pytest.raises(InvalidInputError, match="modality"):
+        DenseRankingBatcher([(raw, index)], modality="audio")
+    dense = DenseRankingBatcher(
         [(raw, index), (raw, indexes[1])],
         max_batch=8,
         max_wait_ms=20,

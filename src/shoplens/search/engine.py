@@ -56,6 +56,10 @@ def metadata_index(index: Any) -> Any:
     return None
 
 
+# (query, n) -> one [(product id, score), ...] per dense signal: SearchEngine's hooks
+DenseRankings: TypeAlias = Callable[[tuple[Any, int]], list[list[tuple[int, float]]]]
+
+
 @dataclass
 class Hit:
     sku: str
@@ -81,6 +85,12 @@ class Hit:
 def product_image_url(sku: str) -> str:
     """The API path of a product's image (cached: search pages repeat the same skus)."""
     return f"/v1/products/{quote(sku, safe='')}/image"
+
+
+def _first_n(k: int, exclude: set[int] | None = None) -> int:
+    """Candidates to ask the index for first for a page of ``k``: room for the excluded
+    products and duplicate images."""
+    return 2 * k + (len(exclude) if exclude else 0) + 8
 
 
 def check_k(k: int, limit: int = MAX_K) -> int:
@@ -123,7 +133,10 @@ class SearchEngine:
         # (text, n) -> the unfiltered dense rankings of a text query (the text index's,
         # then the image index's when the image encoder embeds texts), as text_rankings
         # computes them; set by the service to batch concurrent text queries as one step
-        self.dense_text: Callable[[tuple[str, int]], list[list[tuple[int, float]]]] | None = None
+        self.dense_text: DenseRankings | None = None
+        # (image, n) -> [the unfiltered image-index ranking of an image query]; set by the
+        # service to batch the encoder pass and the search of concurrent image queries
+        self.dense_image: DenseRankings | None = None
 
     @classmethod
     def open(cls, name: str, encoder: str | None = None) -> SearchEngine:
@@ -227,13 +240,17 @@ class SearchEngine:
         """The top ``k`` hits for (1, D) ``q``: asks the index for a few more than ``k``
         (room for the excluded and duplicate images) and asks again for more only when
         those did not fill the page."""
-        n = 2 * k + (len(exclude) if exclude else 0) + 8
+        n = _first_n(k, exclude)
         while True:
             ranked = self._vector_ranked(self.image_build, q, n, allowed)
             hits = self._hits(ranked, k, dedupe, exclude=exclude)
-            if len(hits) >= k or len(ranked) < n or n >= self.image_build.index.ntotal:
+            if self._page_done(hits, ranked, k, n):
                 return hits
             n *= 4
+
+    def _page_done(self, hits: list[Hit], ranked: list[tuple[int, float]], k: int, n: int) -> bool:
+        """Whether ``n`` candidates gave a full page, or no more can be had."""
+        return len(hits) >= k or len(ranked) < n or n >= self.image_build.index.ntotal
 
     def _vector_ranked(
         self, build: IndexBuild, q: np.ndarray, n: int, allowed: Allowed
@@ -254,6 +271,8 @@ class SearchEngine:
     def image_ranking(
         self, image: Image.Image, n: int, filters: Filters | None = None
     ) -> list[tuple[int, float]]:
+        if not filters and self.dense_image is not None:
+            return self.dense_image((image, n))[0]  # encoder pass and search, batched
         q = self.encoder.encode_images([image])  # (1, D)
         return self._vector_ranked(self.image_build, q, n, self._allowed(filters, self.image_build))
 
@@ -328,6 +347,12 @@ class SearchEngine:
             q = self.encoder.compose([image], [text])  # type: ignore[attr-defined]  # (1, D)
             return self._nearest(q, k, self._allowed(filters, self.image_build), dedupe)
         if image is not None and text is None:
+            if not filters and self.dense_image is not None:
+                n = _first_n(k)
+                ranked = self.dense_image((image, n))[0]  # encoder pass and search, batched
+                hits = self._hits(ranked, k, dedupe)
+                if self._page_done(hits, ranked, k, n):
+                    return hits  # else (duplicate images filled it) ask again below
             q = self.encoder.encode_images([image])  # (1, D)
             return self._nearest(q, k, self._allowed(filters, self.image_build), dedupe)
         lists: list[list[tuple[int, float]]] = []

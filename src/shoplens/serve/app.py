@@ -36,7 +36,7 @@ from shoplens.search.engine import Filters, SearchEngine, product_image_url
 from shoplens.serve.batching import (
     BatchingEncoder,
     BatchingIndex,
-    DenseTextBatcher,
+    DenseRankingBatcher,
     MicroBatcher,
 )
 from shoplens.serve.keys import KeyStore
@@ -187,23 +187,31 @@ class ServiceState:
             for build in (engine.image_build, engine.text_build):
                 if build is not None and hasattr(build.index, "_index"):  # a FAISS index
                     build.index = _ThreadLimitedIndex(build.index, settings.faiss_threads)
-        # a text query's dense rankings (encoder passes and index searches) as one step,
-        # in the order SearchEngine.text_rankings computes them
+        # a query's dense rankings (encoder passes and index searches) as one step: for a
+        # text query in the order SearchEngine.text_rankings computes them
         signals: list[tuple[Any, Any]] = []
         if raw_text_encoder is not None and engine.text_build is not None:
             signals.append((raw_text_encoder, engine.text_build.index))
         if raw_encoder.shared_space:
             signals.append((raw_encoder, engine.image_build.index))
-        if settings.batching and signals:
+        if settings.batching:
             threads = settings.faiss_threads
-            engine.dense_text = DenseTextBatcher(
-                signals,
-                max_batch=settings.batch_max_size,
-                max_wait_ms=settings.batch_max_wait_ms,
-                workers=settings.batch_workers,
-                on_encode=self.metrics.observe_encode if self.metrics is not None else None,
-                prepare=lambda: faiss_threads_here(threads),
-            )
+
+            def dense(signals: list[tuple[Any, Any]], modality: str) -> DenseRankingBatcher:
+                return DenseRankingBatcher(
+                    signals,
+                    modality=modality,
+                    max_batch=settings.batch_max_size,
+                    max_wait_ms=settings.batch_max_wait_ms,
+                    workers=settings.batch_workers,
+                    on_encode=self.metrics.observe_encode if self.metrics is not None else None,
+                    prepare=lambda: faiss_threads_here(threads),
+                )
+
+            if signals:
+                engine.dense_text = dense(signals, "text")
+            if "image" in raw_encoder.modalities:
+                engine.dense_image = dense([(raw_encoder, engine.image_build.index)], "image")
         if settings.batching:  # concurrent single-query searches share one index pass
             for build in (engine.image_build, engine.text_build):
                 if build is not None:
@@ -406,9 +414,9 @@ def freeze_heap(settings: ServiceSettings | None) -> None:
 
 
 def _close_encoders(engine: SearchEngine) -> None:
-    for attr in ("encoder", "text_encoder", "dense_text"):
+    for attr in ("encoder", "text_encoder", "dense_text", "dense_image"):
         enc = getattr(engine, attr, None)
-        if isinstance(enc, BatchingEncoder | DenseTextBatcher):
+        if isinstance(enc, BatchingEncoder | DenseRankingBatcher):
             enc.close()
     for build in (engine.image_build, getattr(engine, "text_build", None)):
         if build is not None and isinstance(build.index, BatchingIndex):

@@ -452,20 +452,21 @@ class BatchingIndex:
         return f"BatchingIndex({self.index!r})"
 
 
-class DenseTextBatcher:
-    """The unfiltered dense rankings of concurrent text queries as one step: for each
-    signal (an encoder and the index its vectors live in), one encoder pass and one
-    index search for the whole micro-batch.
+class DenseRankingBatcher:
+    """The unfiltered dense rankings of concurrent queries (texts or images) as one step:
+    for each signal (an encoder and the index its vectors live in), one encoder pass and
+    one index search for the whole micro-batch.
 
-    The service gives it the text encoder with the text index and, when the image
-    encoder embeds texts in its own space, that encoder with the image index: every
-    dense ranking of a text query then runs in the one batch. Separate micro-batchers
-    per encoder and index would split the concurrent queries over several stages
-    (smaller batches at each, a thread hand-off per stage); one step keeps them together,
-    so the batch that shares the encoder passes also shares the index passes (one BLAS
-    product from ``SHOPLENS_FAISS_BLAS_THRESHOLD``). ``call((text, n))`` returns that
-    text's rankings, one ``[(product id, score), ...]`` per signal in order, best first;
-    ``on_encode("text", size, seconds)`` reports each encoder pass like
+    For text queries the service gives it the text encoder with the text index and, when
+    the image encoder embeds texts in its own space, that encoder with the image index;
+    for image queries the image encoder with the image index. Every dense ranking of a
+    query then runs in the one batch. Separate micro-batchers per encoder and index
+    would split the concurrent queries over several stages (smaller batches at each, a
+    thread hand-off per stage); one step keeps them together, so the batch that shares
+    the encoder passes also shares the index passes (one BLAS product from
+    ``SHOPLENS_FAISS_BLAS_THRESHOLD``). ``call((query, n))`` returns that query's
+    rankings, one ``[(product id, score), ...]`` per signal in order, best first;
+    ``on_encode(modality, size, seconds)`` reports each encoder pass like
     :class:`BatchingEncoder` does. After ``close()`` calls are answered directly.
     """
 
@@ -473,6 +474,7 @@ class DenseTextBatcher:
         self,
         signals: Sequence[tuple[Encoder, Any]],
         *,
+        modality: str = "text",
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         workers: int | None = 1,
@@ -480,37 +482,43 @@ class DenseTextBatcher:
         prepare: Callable[[], None] | None = None,
     ) -> None:
         if not signals:
-            raise InvalidInputError("DenseTextBatcher needs at least one (encoder, index)")
+            raise InvalidInputError("DenseRankingBatcher needs at least one (encoder, index)")
+        if modality not in ("text", "image"):
+            raise InvalidInputError(f"modality must be 'text' or 'image', got {modality!r}")
         self.signals = list(signals)
+        self.modality = modality
         self.on_encode = on_encode
         self.prepare = prepare  # run first in whichever thread runs a batch
-        self._batcher: MicroBatcher[tuple[str, int], list[Ranking]] = MicroBatcher(
+        self._batcher: MicroBatcher[tuple[Any, int], list[Ranking]] = MicroBatcher(
             self._rank_many,
             max_batch,
             max_wait_ms,
-            name="shoplens-batch-dense-text",
+            name=f"shoplens-batch-dense-{modality}",
             workers=workers,
         )
 
-    def _rank_many(self, items: list[tuple[str, int]]) -> list[list[Ranking]]:
+    def _rank_many(self, items: list[tuple[Any, int]]) -> list[list[Ranking]]:
         if self.prepare is not None:
             self.prepare()
-        texts = [text for text, _ in items]
+        queries = [query for query, _ in items]
         n_max = max(n for _, n in items)
         found = []
         for encoder, index in self.signals:
             t0 = time.perf_counter()
-            q = encoder.encode_texts(texts)  # (B, D)
-            _report_encode(self.on_encode, "text", len(items), time.perf_counter() - t0)
+            if self.modality == "text":
+                q = encoder.encode_texts(queries)  # (B, D)
+            else:
+                q = encoder.encode_images(queries)  # (B, D)
+            _report_encode(self.on_encode, self.modality, len(items), time.perf_counter() - t0)
             found.append(index.search(q, n_max))  # ((B, n_max) scores, (B, n_max) ids)
         return [
             [ranked_pairs(ids[row, :n], scores[row, :n]) for scores, ids in found]
             for row, (_, n) in enumerate(items)
         ]
 
-    def call(self, item: tuple[str, int]) -> list[Ranking]:
-        """The rankings of ``item`` = (text, n), one per signal (batched with concurrent
-        queries)."""
+    def call(self, item: tuple[Any, int]) -> list[Ranking]:
+        """The rankings of ``item`` = (text or image, n), one per signal (batched with
+        concurrent queries)."""
         try:
             return self._batcher.call(item)
         except BatcherClosed:  # closed meanwhile (a model swap): answer directly
