@@ -352,7 +352,7 @@ class SearchEngine:
                 ranked = self.dense_image((image, n))[0]  # encoder pass and search, batched
                 hits = self._hits(ranked, k, dedupe)
                 if self._page_done(hits, ranked, k, n):
-                    return hits  # else (duplicate images filled it) ask again below
+                    return hits  # else (duplicate images left it short) ask again below
             q = self.encoder.encode_images([image])  # (1, D)
             return self._nearest(q, k, self._allowed(filters, self.image_build), dedupe)
         lists: list[list[tuple[int, float]]] = []
