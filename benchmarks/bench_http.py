@@ -711,6 +711,11 @@ def _met(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
+def _batching_off(config: str) -> bool:
+    """Whether a configuration of the on/off comparison runs with batching off."""
+    return config == "batching off" or config.startswith("off,")
+
+
 def render(r: Row) -> str:
     m = r["machine"]
     st = r["settings"]
@@ -828,13 +833,13 @@ def render(r: Row) -> str:
         # against the best batching-off configuration tried (the default one unless a
         # variant was faster): the gain must not come from a handicapped baseline
         off_name, off = max(
-            ((k, v) for k, v in configs.items() if k == "batching off" or k.startswith("off,")),
+            ((k, v) for k, v in configs.items() if _batching_off(k)),
             key=lambda kv: kv[1]["speedup_paired_median"],
         )
         speedup = on["speedup_paired_median"] / off["speedup_paired_median"]
         p99 = on["p99_ms"] / off["p99_ms"]
         best = max(
-            ((k, v) for k, v in configs.items() if not k.startswith(("off", "batching off"))),
+            ((k, v) for k, v in configs.items() if not _batching_off(k)),
             key=lambda kv: kv[1]["speedup_paired_median"],
         )
         verdicts.append(
@@ -965,8 +970,8 @@ ROUTE_STEPS = {
 
 
 def batch_cost_lines(r: Row, where: str) -> list[str]:
-    """The per-query cost table and, per route, the throughput batching can give with
-    these measured costs (the rest of the request unchanged)."""
+    """The per-query cost table and, per route, an estimate of the throughput batching
+    gives with these measured costs (the rest of the request unchanged)."""
     c = r.get("batch_costs")
     if not c:
         return []

@@ -212,15 +212,15 @@ class ServiceState:
                 engine.dense_text = dense(signals, "text")
             if "image" in raw_encoder.modalities:
                 engine.dense_image = dense([(raw_encoder, engine.image_build.index)], "image")
-        if settings.batching:  # concurrent single-query searches share one index pass
-            for build in (engine.image_build, engine.text_build):
-                if build is not None:
-                    build.index = BatchingIndex(
-                        build.index,
-                        max_batch=settings.batch_max_size,
-                        max_wait_ms=settings.batch_max_wait_ms,
-                        workers=settings.batch_workers,
-                    )
+            # the product page's concurrent searches by a stored vector share one image
+            # index pass too; the text index needs no such wrapper: its unfiltered searches
+            # run in dense_text, filtered ones bypass a BatchingIndex anyway
+            engine.image_build.index = BatchingIndex(
+                engine.image_build.index,
+                max_batch=settings.batch_max_size,
+                max_wait_ms=settings.batch_max_wait_ms,
+                workers=settings.batch_workers,
+            )
         return engine
 
     def _build_index(self, spec: str) -> None:
