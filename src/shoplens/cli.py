@@ -308,6 +308,7 @@ def serve(
 
     from shoplens.catalog.store import Catalog
     from shoplens.serve import ServiceSettings, create_app
+    from shoplens.serve.protocol import http_protocol
 
     if model and encoder:
         raise InvalidInputError("give --encoder or --model, not both")
@@ -333,6 +334,7 @@ def serve(
         # X-Forwarded-For is trusted only from SHOPLENS_TRUSTED_PROXIES (the app's own
         # setting), and the request line + headers may be as long as the app allows.
         proxy_headers=False,
+        http=http_protocol(settings.http),
         h11_max_incomplete_event_size=settings.max_header_bytes + settings.max_query_bytes,
     )
     gc.freeze()  # drained and shut down: exit without a final scan of every loaded object

@@ -7,7 +7,9 @@ over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +116,26 @@ def test_http_finds_the_right_sku(world: tuple[Path, Path], server: str) -> None
     img = httpx.get(f"{server}{r.json()['results'][0]['image_url']}", timeout=30)
     assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
     assert httpx.get(f"{server}/v1/products/NOPE", timeout=30).status_code == 404
+
+
+def test_a_head_that_never_ends_is_cut_off(server: str) -> None:
+    """`shoplens serve` runs the bounded parser: a client that keeps sending header lines
+    gets 431 once past max_header_bytes + max_query_bytes (24 KiB), not a server that
+    buffers until it runs out of memory."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        sent, answer = 0, b""
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            while sent < 1_000_000 and not answer:
+                sock.sendall(b"X-Pad: " + b"p" * 1000 + b"\r\n")
+                sent += 1009
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    answer = sock.recv(4096)
+                sock.setblocking(True)
+        sock.settimeout(10)
+        with contextlib.suppress(OSError):
+            answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert 24 * 1024 <= sent < 1_000_000  # not before the bound; well before 1 MB

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+HttpParser = Literal["httptools", "h11"]  # see serve/protocol.py
 
 MiB = 1024 * 1024
 
@@ -100,6 +102,9 @@ class ServiceSettings(BaseSettings):
     max_products_per_request: Annotated[int, Field(ge=1)] = 1000
     max_query_bytes: Annotated[int, Field(ge=1)] = 8 * 1024  # longer: 414
     max_header_bytes: Annotated[int, Field(ge=1)] = 16 * 1024  # all headers together: 431
+    # uvicorn's HTTP/1.1 parser: httptools (C) or h11 (pure Python); both stop a request
+    # whose line + headers pass max_header_bytes + max_query_bytes (431, or h11's 400).
+    http: HttpParser = "httptools"
     # Browser origins allowed to call the API from their pages ("a,b" or JSON list);
     # empty (default): no CORS headers, so other sites' scripts cannot read responses.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

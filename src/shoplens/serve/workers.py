@@ -140,6 +140,7 @@ def run_workers(
     from uvicorn.supervisors import Multiprocess
 
     from shoplens.errors import InvalidInputError
+    from shoplens.serve.protocol import http_protocol
     from shoplens.serve.settings import ServiceSettings
 
     if workers < 2:
@@ -164,6 +165,7 @@ def run_workers(
         timeout_graceful_shutdown=GRACEFUL_S,
         timeout_worker_healthcheck=HEALTHCHECK_S,
         proxy_headers=False,  # as one process: X-Forwarded-For only from trusted_proxies
+        http=http_protocol(settings.http),
         h11_max_incomplete_event_size=settings.max_header_bytes + settings.max_query_bytes,
     )
     if settings.rate_limit_per_s or settings.rate_limit_key_per_s:
