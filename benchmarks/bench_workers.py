@@ -118,15 +118,13 @@ def memory_mb(pid: int) -> dict[str, Any]:
 
 
 # ---- the measurement ----
-def counted(make: bench_http.Make, counts: Counter[str]) -> bench_http.Make:
-    """``make`` that also counts which worker answered."""
+def counted(counts: Counter[str]) -> bench_http.Observe:
+    """Counts which worker answered (the response's worker header)."""
 
-    async def go(client: httpx.AsyncClient, i: int) -> httpx.Response:
-        r = await make(client, i)
-        counts[r.headers.get(WORKER_HEADER, "?")] += 1
-        return r
+    def see(headers: dict[str, str]) -> None:
+        counts[headers.get(WORKER_HEADER.lower(), "?")] += 1
 
-    return go
+    return see
 
 
 def compare(
@@ -140,8 +138,10 @@ def compare(
     spread: dict[str, Counter[str]] = {k: Counter() for k in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            load = counted(make, spread[name])
-            runs[name].append(bench_http.run_load(bases[name], load, concurrency, n, warmup))
+            see = counted(spread[name])
+            runs[name].append(
+                bench_http.run_load(bases[name], make, concurrency, n, warmup, observe=see)
+            )
     base = names[0]
     configs: dict[str, Row] = {}
     for name in names:

@@ -308,7 +308,7 @@ def serve(
 
     from shoplens.catalog.store import Catalog
     from shoplens.serve import ServiceSettings, create_app
-    from shoplens.serve.protocol import http_protocol
+    from shoplens.serve.protocol import server_options
 
     if model and encoder:
         raise InvalidInputError("give --encoder or --model, not both")
@@ -331,11 +331,7 @@ def serve(
         port=port,
         log_level="info",
         timeout_graceful_shutdown=30,
-        # X-Forwarded-For is trusted only from SHOPLENS_TRUSTED_PROXIES (the app's own
-        # setting), and the request line + headers may be as long as the app allows.
-        proxy_headers=False,
-        http=http_protocol(settings.http),
-        h11_max_incomplete_event_size=settings.max_header_bytes + settings.max_query_bytes,
+        **server_options(settings),
     )
     gc.freeze()  # drained and shut down: exit without a final scan of every loaded object
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from shoplens.serve.settings import HttpParser
+from shoplens.serve.settings import HttpParser, ServiceSettings
 
 H11 = "h11"
 HTTPTOOLS = "shoplens.serve.protocol:BoundedHttpToolsProtocol"
@@ -80,3 +80,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def http_protocol(parser: HttpParser) -> str:
     """uvicorn's ``http=`` for ``parser`` (both bounded, see the module docstring)."""
     return HTTPTOOLS if parser == "httptools" else H11
+
+
+def server_options(settings: ServiceSettings) -> dict[str, Any]:
+    """uvicorn options every way of serving shoplens runs with (one process, workers)."""
+    return {
+        "http": http_protocol(settings.http),
+        # the request line + headers may be as long as the app allows (414 / 431 past it)
+        "h11_max_incomplete_event_size": settings.max_header_bytes + settings.max_query_bytes,
+        # X-Forwarded-For is trusted only from SHOPLENS_TRUSTED_PROXIES (the app's setting)
+        "proxy_headers": False,
+    }

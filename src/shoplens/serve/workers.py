@@ -140,7 +140,7 @@ def run_workers(
     from uvicorn.supervisors import Multiprocess
 
     from shoplens.errors import InvalidInputError
-    from shoplens.serve.protocol import http_protocol
+    from shoplens.serve.protocol import server_options
     from shoplens.serve.settings import ServiceSettings
 
     if workers < 2:
@@ -164,9 +164,7 @@ def run_workers(
         log_level="info",
         timeout_graceful_shutdown=GRACEFUL_S,
         timeout_worker_healthcheck=HEALTHCHECK_S,
-        proxy_headers=False,  # as one process: X-Forwarded-For only from trusted_proxies
-        http=http_protocol(settings.http),
-        h11_max_incomplete_event_size=settings.max_header_bytes + settings.max_query_bytes,
+        **server_options(settings),  # as one process
     )
     if settings.rate_limit_per_s or settings.rate_limit_key_per_s:
         logging.getLogger("uvicorn.error").info(
