@@ -105,6 +105,8 @@ class Req:
 
 
 Make = Callable[[int], Req]  # the i-th request of a run
+# what a failed request raises (counted as an error, the run goes on)
+LOAD_ERRORS = (OSError, EOFError, ValueError, asyncio.LimitOverrunError, httpx.HTTPError)
 Observe = Callable[[dict[str, str]], None]  # sees each response's headers
 
 
@@ -225,7 +227,7 @@ async def _drive(
                     in_app.append(float(timing.removeprefix("app;dur=")) / 1000.0)
                 if observe is not None:
                     observe(r.headers)
-            except (OSError, EOFError, ValueError, TimeoutError, httpx.HTTPError) as e:
+            except LOAD_ERRORS as e:
                 ok, why = False, f"{type(e).__name__}: {e}"
             latencies.append(time.perf_counter() - t0)
             if not ok:
@@ -816,6 +818,7 @@ def main(argv: list[str] | None = None) -> Row:
             row.pop("samples_s", None)
     result = {
         "machine": common.machine(),
+        "date": time.strftime("%Y-%m-%d"),
         "load_average": load,
         "catalog": s.catalog,
         "served": {k: ready.get(k) for k in ("encoder", "vectors", "model")},
@@ -845,6 +848,7 @@ def main(argv: list[str] | None = None) -> Row:
         "batch_costs": costs,
         "versions": versions(),
     }
+    result["history"] = earlier_runs(s.docs / "bench" / "http.json")
     if not s.no_write:  # the raw numbers first: they survive a failure to render
         common.write_json(s.docs / "bench" / "http.json", result)
     section = render(result)
@@ -853,6 +857,19 @@ def main(argv: list[str] | None = None) -> Row:
         common.write_section(s.docs / "BENCHMARKS.md", section)
         say(f"wrote {s.docs / 'BENCHMARKS.md'} and {s.docs / 'bench' / 'http.json'}")
     return result
+
+
+def earlier_runs(path: Path, keep: int = 8) -> list[Row]:
+    """The headlines of the run saved at ``path`` and of the runs before it (newest
+    first, at most ``keep``); empty when there is none or it cannot be read."""
+    import json
+
+    try:
+        saved = json.loads(path.read_text())
+        return [headline(saved), *saved.get("history", [])][:keep]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"earlier runs not kept ({type(e).__name__}: {e})")
+        return []
 
 
 def versions() -> dict[str, str]:
@@ -875,6 +892,85 @@ def _met(ok: bool) -> str:
 def _batching_off(config: str) -> bool:
     """Whether a configuration of the on/off comparison runs with batching off."""
     return config == "batching off" or config.startswith("off,")
+
+
+def _batching_verdict(configs: Row) -> tuple[str, float, float]:
+    """(baseline, throughput ratio, p99 ratio) of "batching on" against the best
+    batching-off configuration tried (the default one unless a variant was faster): the
+    gain must not come from a handicapped baseline."""
+    on = configs["batching on"]
+    off_name, off = max(
+        ((k, v) for k, v in configs.items() if _batching_off(k)),
+        key=lambda kv: kv[1]["speedup_paired_median"],
+    )
+    speedup = on["speedup_paired_median"] / off["speedup_paired_median"]
+    return off_name, speedup, on["p99_ms"] / off["p99_ms"]
+
+
+def headline(r: Row) -> Row:
+    """The targets' figures of one full run (kept in later runs' ``history``)."""
+    levels = r["levels"]
+    recs = {}
+    if "recommendations" in levels:
+        recs = {
+            str(page["concurrency"]): rec["p99_ms"] / page["p99_ms"]
+            for page, rec in zip(levels["product page"], levels["recommendations"], strict=True)
+        }
+    o = r["overhead"]
+    return {
+        "commit": r["machine"]["commit"],
+        "date": r.get("date"),
+        "client": r["settings"].get("client", "httpx"),
+        "batching": {
+            route: _batching_verdict(r["batching"][route]["configs"])[1]
+            for route in ("image search", "text search")
+            if route in r["batching"]
+        },
+        "recs_vs_page_p99": recs,
+        "overhead": max(o["ratio_sku"], o["ratio_vector"]),
+    }
+
+
+def _history_lines(r: Row) -> list[str]:
+    """This run and the earlier full runs kept in ``r["history"]``, one row each."""
+    runs = [headline(r), *r.get("history", [])]
+    if len(runs) < 2:
+        return []
+    levels = sorted({c for x in runs for c in x["recs_vs_page_p99"]}, key=int)
+    lines = [
+        "",
+        "### Run to run",
+        "",
+        "The targets' figures of this run (first row) and of the earlier full runs of this "
+        "benchmark (each with its own commit and load generator client; their "
+        "raw numbers are in the git history of `docs/bench/http.json`). The same code "
+        "measured twice on this shared machine can land on either side of a target.",
+        "",
+        "| commit | date | load generator client | image search batching | text search batching "
+        "| "
+        + " | ".join(f"recs / product page p99, c={c}" for c in levels)
+        + " | search overhead |",
+        "|---|---|---|---:|---:|" + "---:|" * len(levels) + "---:|",
+    ]
+    for x in runs:
+        b = x["batching"]
+        cells = [f"{b[k]:.2f}x" if k in b else "-" for k in ("image search", "text search")]
+        cells += [
+            f"{x['recs_vs_page_p99'][c]:.2f}x" if c in x["recs_vs_page_p99"] else "-"
+            for c in levels
+        ]
+        lines.append(
+            f"| {x['commit']} | {x.get('date') or '-'} | {x['client']} | "
+            + " | ".join(cells)
+            + f" | {x['overhead']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Targets: batching >= {TARGET_BATCH_SPEEDUP}x (vs the best batching-off "
+        f"configuration), recommendations <= {TARGET_RECS:g}x the product page's p99, "
+        f"search overhead <= {TARGET_OVERHEAD}x raw FAISS.",
+    ]
+    return lines
 
 
 def _generator(client: str) -> str:
@@ -1008,15 +1104,7 @@ def render(r: Row) -> str:
     verdicts = []
     for route in ("image search", "text search"):
         configs = r["batching"][route]["configs"]
-        on = configs["batching on"]
-        # against the best batching-off configuration tried (the default one unless a
-        # variant was faster): the gain must not come from a handicapped baseline
-        off_name, off = max(
-            ((k, v) for k, v in configs.items() if _batching_off(k)),
-            key=lambda kv: kv[1]["speedup_paired_median"],
-        )
-        speedup = on["speedup_paired_median"] / off["speedup_paired_median"]
-        p99 = on["p99_ms"] / off["p99_ms"]
+        off_name, speedup, p99 = _batching_verdict(configs)
         best = max(
             ((k, v) for k, v in configs.items() if not _batching_off(k)),
             key=lambda kv: kv[1]["speedup_paired_median"],
@@ -1148,6 +1236,7 @@ def render(r: Row) -> str:
             f"| {name} | {a['p50_ms']:.2f} | {b['p50_ms']:.2f} | {a['p90_ms']:.2f} | "
             f"{b['p90_ms']:.2f} |"
         )
+    lines += _history_lines(r)
     lines += [
         "",
         "Raw numbers (percentiles and latency histograms per run): `docs/bench/http.json`.",

@@ -3,11 +3,10 @@
 uvicorn parses requests with h11 (pure Python) or httptools (llhttp, in C). h11 buffers
 at most ``h11_max_incomplete_event_size`` bytes of a request line + headers it has not
 seen the end of (400 past it); httptools has no such bound, so
-:class:`BoundedHttpToolsProtocol` adds one from the same setting (431 past it, whether the
-head arrived whole or not). The app's own
-checks (414 for a long query, 431 for long headers, see ``limits.py``) answer heads
-under that bound; this one stops a client that never ends its head from growing a
-connection's memory without limit.
+:class:`BoundedHttpToolsProtocol` adds one from the same setting (431 past it, whether
+the head arrived whole or not). The app's own checks (414 for a long query, 431 for long
+headers, see ``limits.py``) answer heads under that bound; this one stops a client that
+never ends its head from growing a connection's memory without limit.
 
 httptools is the default (``SHOPLENS_HTTP``): it takes the HTTP parsing, which runs
 under the GIL on every request, from Python into C. uvicorn picks uvloop for the event
@@ -50,8 +49,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _count(self, n: int) -> None:
         self.head_bytes += n
         if self.head_bytes > self.max_head:
-            self.head_over = True  # the parser stops and data_received answers (see below)
-            raise HeadTooLargeError
+            self.head_over = True
+            raise HeadTooLargeError  # the parser fails: uvicorn calls send_400_response
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -67,13 +66,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return super().send_400_response(msg)
         message = f"request line and headers over the limit of {self.max_head:,} bytes"
         body = json.dumps({"error": {"code": "headers_too_large", "message": message}})
-        head = (
-            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            "content-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n"
-        )
-        self.transport.write((head + body).encode())
+        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+        for name, value in self.server_state.default_headers:  # date, server (as uvicorn)
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body.encode(),
+        ]
+        self.transport.write(b"".join(head))
         self.transport.close()
 
 
