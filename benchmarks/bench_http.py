@@ -742,26 +742,16 @@ def main(argv: list[str] | None = None) -> Row:
     recs_candidates = "exact scans"
     say("starting the services (batching on, off, and on with other max waits) ...")
     envs = {"batching off": service_env(s, False), "batching on": service_env(s, True)}
-    for wait in s.tune_wait:
-        envs[f"on, max wait {wait:g} ms"] = {
-            **service_env(s, True),
-            "SHOPLENS_BATCH_MAX_WAIT_MS": str(wait),
-        }
-    for n_threads in s.tune_torch_threads:
-        envs[f"on, torch threads {n_threads}"] = {
-            **service_env(s, True),
-            "SHOPLENS_TORCH_THREADS": str(n_threads),
-        }
-    for workers in s.tune_workers:
-        envs[f"on, batch workers {workers}"] = {
-            **service_env(s, True),
-            "SHOPLENS_BATCH_WORKERS": str(workers),
-        }
-    for n_threads in s.tune_off_torch_threads:  # is the baseline at its best?
-        envs[f"off, torch threads {n_threads}"] = {
-            **service_env(s, False),
-            "SHOPLENS_TORCH_THREADS": str(n_threads),
-        }
+    variants = [  # (values, configuration name, batching, the setting they go to)
+        (s.tune_wait, "on, max wait {:g} ms", True, "SHOPLENS_BATCH_MAX_WAIT_MS"),
+        (s.tune_torch_threads, "on, torch threads {}", True, "SHOPLENS_TORCH_THREADS"),
+        (s.tune_workers, "on, batch workers {}", True, "SHOPLENS_BATCH_WORKERS"),
+        # is the baseline at its best?
+        (s.tune_off_torch_threads, "off, torch threads {}", False, "SHOPLENS_TORCH_THREADS"),
+    ]
+    for values, name, batching, setting in variants:
+        for value in values:
+            envs[name.format(value)] = {**service_env(s, batching), setting: str(value)}
     with contextlib.ExitStack() as stack:
         bases = {k: stack.enter_context(service(s.catalog, env)) for k, env in envs.items()}
         on = bases["batching on"]

@@ -187,14 +187,14 @@ class ServiceState:
             for build in (engine.image_build, engine.text_build):
                 if build is not None and hasattr(build.index, "_index"):  # a FAISS index
                     build.index = _ThreadLimitedIndex(build.index, settings.faiss_threads)
-        # a query's dense rankings (encoder passes and index searches) as one step: for a
-        # text query in the order SearchEngine.text_rankings computes them
-        signals: list[tuple[Any, Any]] = []
-        if raw_text_encoder is not None and engine.text_build is not None:
-            signals.append((raw_text_encoder, engine.text_build.index))
-        if raw_encoder.shared_space:
-            signals.append((raw_encoder, engine.image_build.index))
         if settings.batching:
+            # a query's dense rankings (encoder passes and index searches) as one step: for
+            # a text query in the order SearchEngine.text_rankings computes them
+            signals: list[tuple[Any, Any]] = []
+            if raw_text_encoder is not None and engine.text_build is not None:
+                signals.append((raw_text_encoder, engine.text_build.index))
+            if raw_encoder.shared_space:
+                signals.append((raw_encoder, engine.image_build.index))
             threads = settings.faiss_threads
 
             def dense(signals: list[tuple[Any, Any]], modality: str) -> DenseRankingBatcher:
