@@ -85,11 +85,9 @@ def min_java() -> int:
 
 def local_master(workers: int | None = None) -> str:
     """``local[N]``: N cores of this machine (default: all the process may use)."""
-    if workers:
-        return f"local[{workers}]"
-    if hasattr(os, "sched_getaffinity"):
-        return f"local[{len(os.sched_getaffinity(0))}]"
-    return f"local[{os.cpu_count() or 1}]"
+    from shoplens.eval.report import cpu_cores
+
+    return f"local[{workers or max(1, cpu_cores())}]"
 
 
 def session_conf(master: str, driver_memory: str = "1g") -> dict[str, str]:
