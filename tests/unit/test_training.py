@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from shoplens.config import load_config
 from shoplens.errors import InvalidInputError
-from shoplens.training import TrainConfig, TrainingError, fit, load_model_weights
+from shoplens.training import TrainConfig, TrainingError, fit, load_model_weights, loop
 from shoplens.training.checkpoint import load_checkpoint
 from shoplens.training.distributed_demo import (
     DemoData,
@@ -281,16 +281,60 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path: Pa
     assert all(torch.isfinite(p).all() for p in model.parameters())  # no NaN update
 
 
-def test_max_steps_bf16_and_outputs(tmp_path: Path) -> None:
+def test_max_steps_bf16_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "bf16_native", lambda device: True)  # the bf16 path, anywhere
     data, held_out = make_datasets(DATA)
     cfg = quick(epochs=5, max_steps=3, batch_size=16, precision="bf16")
     result = fit(build_model(DATA), data, cfg, run_dir=tmp_path, eval_fn=mse_eval(held_out))
     assert result.steps == 3 and result.epochs == 0  # stopped inside the first epoch
     assert result.history[-1]["step"] == 3 and np.isfinite(result.metrics["eval/mse"])
-    assert result.samples_per_s > 0 and result.run_id is None
+    assert result.samples_per_s > 0 and result.run_id is None and result.precision == "bf16"
     assert load_config(TrainConfig, tmp_path / "config.yaml") == cfg
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["history"] == result.history
+
+
+class AutocastProbe(Linear):
+    """Records whether each training step ran under CPU bf16 autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        self.seen.append(torch.is_autocast_enabled("cpu"))
+        return super().training_step(batch)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_runs_only_where_the_cpu_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool
+) -> None:
+    """A bf16 recipe on a CPU without native bfloat16 trains in fp32 (emulated bf16 is
+    ~100x slower), says so, and records what it ran in."""
+    monkeypatch.setattr(loop, "bf16_native", lambda device: native)
+    data, _ = make_datasets(DATA)
+    model = AutocastProbe()
+    with caplog.at_level("WARNING", logger="shoplens.training.loop"):
+        result = fit(
+            model, data, quick(max_steps=2, batch_size=16, precision="bf16"), run_dir=tmp_path
+        )
+    assert result.precision == ("bf16" if native else "fp32")
+    assert model.seen == [native, native]
+    assert ("no native bfloat16" in caplog.text) is not native
+    fp32 = fit(AutocastProbe(), data, quick(max_steps=1, batch_size=16), run_dir=tmp_path / "fp32")
+    assert fp32.precision == "fp32"
+
+
+def test_bf16_native_reads_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    for avx512, amx in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(loop.platform, "machine", lambda: "x86_64")
+        assert loop.bf16_native(cpu) is (avx512 or amx)
+    assert loop.effective_precision("fp32", cpu) == "fp32"
+    assert loop.effective_precision("bf16", cpu) == "bf16"  # AMX, from the last round
 
 
 def test_accepts_a_dataloader_and_checks_the_step_contract(tmp_path: Path) -> None:
