@@ -18,7 +18,7 @@ from shoplens.personalize.baselines import (
     top_k_sparse,
 )
 from shoplens.personalize.customer import ContentRecommender, item_vectors, pool_customer
-from shoplens.personalize.types import EVENT_TYPES, History, Interactions, top_k_rows
+from shoplens.personalize.types import EVENT_TYPES, History, Interactions, top_k_rows, unseen
 
 from ..helpers import random_item_space
 
@@ -383,3 +383,20 @@ def test_content_recommender_ranks_by_cosine_and_serves_cold_items(
     padded = m.recommend([hist([0])], N + 5)[0]  # more than N: padded
     assert padded.shape == (1, N + 5) and (padded[0, : N - 1] >= 0).all()
     assert (padded[0, N - 1 :] == -1).all()
+
+
+def test_unseen_matches_isin() -> None:
+    """unseen is ~np.isin for item indices, padding (-1) counts as unseen."""
+    rng = np.random.default_rng(3)
+    n = 500
+    for _ in range(50):
+        items = rng.integers(-1, n, rng.integers(0, 60))
+        seen = rng.integers(0, n, rng.integers(0, 40))
+        got = unseen(items, seen, n)
+        want = ~np.isin(items, seen) | (items < 0)
+        assert got.dtype == bool and got.shape == items.shape
+        np.testing.assert_array_equal(got, want)
+    # out-of-range seen entries match nothing; the input arrays are left as they were
+    items, seen = np.array([0, 4, -1, 9]), np.array([-1, 4, 10, 99])
+    np.testing.assert_array_equal(unseen(items, seen, 10), [True, False, True, True])
+    np.testing.assert_array_equal(seen, [-1, 4, 10, 99])

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
+from shoplens.personalize.types import unseen
+
 #: Catalogues with at least this many items get ANN candidates in the service.
 ANN_MIN_ITEMS = 20_000
 TRAIN_SAMPLE = 40_000  # items used to train the coarse quantiser
@@ -84,7 +86,7 @@ class ItemANN:
         for r in range(b):
             ok = found[r] >= 0
             if exclude is not None and len(exclude[r]):
-                ok &= ~np.isin(found[r], exclude[r])
+                ok &= unseen(found[r], exclude[r], self.n_items)
             top, top_s = found[r][ok][:k], sims[r][ok][:k]
             idx[r, : len(top)], val[r, : len(top)] = top, top_s
         return idx, val

@@ -20,6 +20,7 @@ does not reorder items with real evidence.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,7 @@ from shoplens.personalize.types import (
     Interactions,
     ItemSpace,
     top_k_rows,
+    unseen,
 )
 
 DAY = 86_400.0
@@ -238,7 +240,7 @@ def top_k_sparse(
         seen = np.asarray(exclude[r], np.int64) if exclude is not None else np.empty(0, np.int64)
         pool = np.union1d(cols, base_order[: min(n, k + len(seen) + len(cols))])  # sorted
         if len(seen):
-            pool = pool[~np.isin(pool, seen)]
+            pool = pool[unseen(pool, seen, n)]
         scores = base[pool].astype(np.float32)  # (P,)
         _add_sparse(pool, scores, cols, vals)
         ok = np.isfinite(scores)
@@ -270,8 +272,19 @@ def _threadpools() -> Any:
     return ThreadpoolController()
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_libraries() -> Any:
+    """The BLAS libraries of :func:`_threadpools`."""
+    return _threadpools().select(user_api="blas")
+
+
 def one_blas_thread() -> Any:
-    """Context manager: BLAS on one thread (implicit's per-row solves are tiny)."""
+    """Context manager: BLAS on one thread (implicit's per-row solves are tiny). Nothing
+    to do where BLAS runs one thread already (a service sets that at start): checking
+    costs ~2 us, a threadpoolctl limit and its undo ~20 us, per request."""
+    blas = _blas_libraries()
+    if all(lib.get_num_threads() == 1 for lib in blas.lib_controllers):
+        return contextlib.nullcontext()
     return _threadpools().limit(limits=1, user_api="blas")
 
 
@@ -309,7 +322,7 @@ class Popularity(ScoringRecommender):
         for b, h in enumerate(histories):
             top = order[: k + (len(h) if exclude_seen else 0)]
             if exclude_seen and len(h):
-                top = top[~np.isin(top, h.items)]
+                top = top[unseen(top, h.items, self.n_items)]
             top = top[:k]
             idx[b, : len(top)], val[b, : len(top)] = top, self.scores[top]
         return idx, val

@@ -22,7 +22,7 @@ from shoplens.personalize.baselines import (
     _prior,
     history_weights,
 )
-from shoplens.personalize.types import History, Interactions, ItemSpace, top_k_rows
+from shoplens.personalize.types import History, Interactions, ItemSpace, top_k_rows, unseen
 
 MAX_GATHER = 1 << 24  # candidate-vector floats gathered at once by score_items
 
@@ -171,7 +171,7 @@ class ContentRecommender:
                 for row, r in enumerate(full):
                     keep = found[row] >= 0
                     if exclude_seen and len(seen[r]):
-                        keep &= ~np.isin(found[row], seen[r])
+                        keep &= unseen(found[row], seen[r], n)
                     top, top_s = found[row][keep][:k], sims[row][keep][:k]
                     idx[s + r, : len(top)], val[s + r, : len(top)] = top, top_s
             for r in np.flatnonzero(empty):  # no embedding: popularity
