@@ -909,6 +909,7 @@ def headline(r: Row) -> Row:
     o = r["overhead"]
     return {
         "commit": r["machine"]["commit"],
+        "cpu": r["machine"].get("cpu"),
         "date": r.get("date"),
         "client": r["settings"].get("client", "httpx"),
         "batching": {
@@ -932,15 +933,17 @@ def _history_lines(r: Row) -> list[str]:
         "### Run to run",
         "",
         "The targets' figures of this run (first row) and of the earlier full runs of this "
-        "benchmark (each with its own commit and load generator client; their "
+        "benchmark (each with its own commit, machine and load generator client; their "
         "raw numbers are in the git history of `docs/bench/http.json`). The same code "
-        "measured twice on this shared machine can land on either side of a target.",
+        "measured twice on this shared machine can land on either side of a target; "
+        "runs before the CPU's vector units were recorded name only its model.",
         "",
-        "| commit | date | load generator client | image search batching | text search batching "
+        "| commit | date | CPU | load generator client | image search batching "
+        "| text search batching "
         "| "
         + " | ".join(f"recs / product page p99, c={c}" for c in levels)
         + " | search overhead |",
-        "|---|---|---|---:|---:|" + "---:|" * len(levels) + "---:|",
+        "|---|---|---|---|---:|---:|" + "---:|" * len(levels) + "---:|",
     ]
     for x in runs:
         b = x["batching"]
@@ -950,9 +953,8 @@ def _history_lines(r: Row) -> list[str]:
             for c in levels
         ]
         lines.append(
-            f"| {x['commit']} | {x.get('date') or '-'} | {x['client']} | "
-            + " | ".join(cells)
-            + f" | {x['overhead']:.2f}x |"
+            f"| {x['commit']} | {x.get('date') or '-'} | {x.get('cpu') or 'AMD EPYC'} | "
+            f"{x['client']} | " + " | ".join(cells) + f" | {x['overhead']:.2f}x |"
         )
     lines += [
         "",

@@ -175,3 +175,25 @@ def test_verdict_needs_1m_and_20x(common: ModuleType) -> None:
     assert "**met** one query at a time" in text and "q250 (recall 0.9900), 25x exact" in text
     assert "efC=40: efSearch 250 (recall 0.9900, 25x exact)" in text
     assert "Served default at 1,000,000 (q900): recall@10 0.9700, 90x" in text
+
+
+def test_machine_names_the_vector_units(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two CPUs sold as "AMD EPYC" time differently (AVX2 vs AVX-512 BF16): the machine
+    line every benchmark table opens with says which one measured."""
+    from shoplens.eval import report
+
+    assert report.vector_units({"sse2", "avx2", "avx512f", "avx512_bf16"}) == "AVX-512 with BF16"
+    assert report.vector_units({"avx2", "avx512f"}) == "AVX-512"
+    assert report.vector_units({"sse2", "avx2"}) == "AVX2"
+    assert report.vector_units({"fp", "asimd", "bf16"}) == "Arm BF16"
+    assert report.vector_units({"sse2"}) == ""
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n\n"
+        "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu avx512f\n"
+    )
+    real_path = report.Path
+    monkeypatch.setattr(
+        report, "Path", lambda p: real_path(info) if str(p) == "/proc/cpuinfo" else real_path(p)
+    )
+    assert report.machine_info()["cpu"] == "AMD EPYC, AVX2"

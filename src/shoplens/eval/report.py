@@ -24,17 +24,37 @@ PUBLISHED_CONTEXT = (
 )
 
 
+def vector_units(flags: set[str]) -> str:
+    """The widest vector units among /proc/cpuinfo ``flags`` that timings depend on:
+    "AVX-512 with BF16" (native bfloat16), "AVX-512", "AVX2", "Arm BF16", or ""."""
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return "AVX-512 with BF16"
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    if "bf16" in flags:  # Arm's Features line
+        return "Arm BF16"
+    return ""
+
+
 def machine_info() -> dict[str, Any]:
     """Cores, CPU model, GPU (or None), torch and Python versions, git commit (or "unknown")."""
     cores = cpu_cores()
-    cpu = platform.processor() or "unknown"
-    try:
+    model: str | None = None
+    flags: set[str] = set()
+    try:  # the first processor's lines (all cores of a machine report the same)
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    cpu = model or platform.processor() or "unknown"
+    vector = vector_units(flags)
+    if vector:  # CPUs sold under one name differ here, and so do their timings
+        cpu = f"{cpu}, {vector}"
     gpu = None
     try:
         import torch
