@@ -366,7 +366,10 @@ def test_channels_last_trains_the_same_model(tmp_path: Path) -> None:
     trained = []
     for cl in (False, True):
         torch.manual_seed(0)
-        model = create_model("resnet-test-tiny", attribute_names=[])
+        # widths of 8: no channels-last hazard on any CPU (see the test below)
+        model = create_model(
+            "resnet-test-tiny", attribute_names=[], **{"image_tower.widths": [8, 8]}
+        )
         fit(
             model, data, quick(epochs=2, batch_size=8, channels_last=cl), run_dir=tmp_path / str(cl)
         )
@@ -375,6 +378,36 @@ def test_channels_last_trains_the_same_model(tmp_path: Path) -> None:
     assert nhwc["image_tower.stem.0.weight"].is_contiguous(memory_format=torch.channels_last)
     for key, value in plain.items():
         assert torch.allclose(value.float(), nhwc[key].float(), atol=1e-4), key
+
+
+def test_channels_last_is_skipped_where_its_backward_corrupts_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On an AVX2-only CPU, oneDNN's channels-last backward of a 1x1 stride-2 convolution
+    from 4 channels (resnet-test-tiny's shortcut) aborted training; such models stay NCHW
+    there, and train.channels_last is ignored with a warning."""
+    from shoplens.models import hardware
+    from shoplens.registry import create_model
+
+    monkeypatch.setattr(hardware, "cpu_has_avx512", lambda: False)
+    torch.manual_seed(0)
+    model = create_model("resnet-test-tiny", attribute_names=[])  # widths 4, 8
+    assert hardware.channels_last_hazards(model) == ["image_tower.stages.1.0.downsample.0"]
+    assert model.image_tower.channels_last is False
+    wide = create_model("resnet-test-tiny", attribute_names=[], **{"image_tower.widths": [8, 8]})
+    assert hardware.channels_last_hazards(wide) == [] and wide.image_tower.channels_last
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(16, 3, 16, 16, generator=gen)
+    data = [{"image": images[i], "label": i % 4} for i in range(16)]
+    with caplog.at_level("WARNING", logger="shoplens.training.loop"):
+        result = fit(
+            model, data, quick(epochs=1, batch_size=8, channels_last=True), run_dir=tmp_path
+        )
+    assert result.steps == 2 and "train.channels_last ignored" in caplog.text
+    stem = model.image_tower.stem[0].weight
+    assert stem.is_contiguous() and not stem.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(hardware, "cpu_has_avx512", lambda: True)  # other kernels there
+    assert hardware.channels_last_hazards(model) == []
 
 
 def test_max_minutes_stops_cleanly_and_saves(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from shoplens.errors import InvalidInputError
 from shoplens.models.common import ImageTower, ImageTowerBase, check_positive
+from shoplens.models.hardware import channels_last_hazards
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ class CNNTower(ImageTower):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout))
         self._finish(in_ch)
-        self.channels_last = cfg.channels_last
-        if cfg.channels_last:  # faster oneDNN convolutions on CPU
+        # faster oneDNN convolutions on CPU, where its kernels are sound (see hardware)
+        self.channels_last = cfg.channels_last and not channels_last_hazards(self)
+        if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

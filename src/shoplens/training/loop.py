@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from shoplens import progress
 from shoplens.config import atomic_write, config_to_dict, save_config
 from shoplens.errors import InvalidInputError, TrainingError
+from shoplens.models.hardware import channels_last_hazards
 from shoplens.training import distributed
 from shoplens.training.checkpoint import (
     all_finite,
@@ -205,6 +206,14 @@ class _Trainer:
         self.model = model.to(info.device)
         self.precision = effective_precision(cfg.precision, info.device)
         self.memory_format = torch.channels_last if cfg.channels_last else None
+        hazards = channels_last_hazards(model) if info.device.type == "cpu" else []
+        if self.memory_format is not None and hazards:
+            logger.warning(
+                "train.channels_last ignored: on this CPU the channels-last backward of %s "
+                "(1x1, stride 2, under 8 input channels) corrupts memory",
+                ", ".join(hazards[:3]),
+            )
+            self.memory_format = None
         if self.memory_format is not None:
             self.model = self.model.to(memory_format=self.memory_format)
         self.loader = build_loader(train_data, cfg, info, collate_fn)
