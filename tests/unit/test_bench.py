@@ -192,8 +192,15 @@ def test_machine_names_the_vector_units(monkeypatch: pytest.MonkeyPatch, tmp_pat
         "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n\n"
         "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu avx512f\n"
     )
-    real_path = report.Path
+    from shoplens.models import hardware
+
+    real_path = hardware.Path
     monkeypatch.setattr(
-        report, "Path", lambda p: real_path(info) if str(p) == "/proc/cpuinfo" else real_path(p)
+        hardware, "Path", lambda p: real_path(info) if str(p) == "/proc/cpuinfo" else real_path(p)
     )
-    assert report.machine_info()["cpu"] == "AMD EPYC, AVX2"
+    hardware.cpu_info.cache_clear()
+    try:
+        assert hardware.cpu_info() == ("AMD EPYC", frozenset({"fpu", "sse2", "avx2"}))
+        assert report.machine_info()["cpu"] == "AMD EPYC, AVX2"
+    finally:
+        hardware.cpu_info.cache_clear()  # the real CPU for later tests

@@ -327,12 +327,14 @@ def test_bf16_runs_only_where_the_cpu_has_it(
 
 
 def test_bf16_native_reads_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoplens.models import hardware
+
     cpu = torch.device("cpu")
     for avx512, amx in ((False, False), (True, False), (False, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        monkeypatch.setattr(loop.platform, "machine", lambda: "x86_64")
-        assert loop.bf16_native(cpu) is (avx512 or amx)
+        monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+        assert hardware.bf16_native(cpu) is (avx512 or amx)
     assert loop.effective_precision("fp32", cpu) == "fp32"
     assert loop.effective_precision("bf16", cpu) == "bf16"  # AMX, from the last round
 

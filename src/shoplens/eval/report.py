@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ PUBLISHED_CONTEXT = (
 )
 
 
-def vector_units(flags: set[str]) -> str:
+def vector_units(flags: Set[str]) -> str:
     """The widest vector units among /proc/cpuinfo ``flags`` that timings depend on:
     "AVX-512 with BF16" (native bfloat16), "AVX-512", "AVX2", "Arm BF16", or ""."""
     if flags & {"avx512_bf16", "amx_bf16"}:
@@ -41,16 +42,9 @@ def vector_units(flags: set[str]) -> str:
 def machine_info() -> dict[str, Any]:
     """Cores, CPU model, GPU (or None), torch and Python versions, git commit (or "unknown")."""
     cores = cpu_cores()
-    model: str | None = None
-    flags: set[str] = set()
-    try:  # the first processor's lines (all cores of a machine report the same)
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model is None:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from shoplens.models.hardware import cpu_info
+
+    model, flags = cpu_info()
     cpu = model or platform.processor() or "unknown"
     vector = vector_units(flags)
     if vector:  # CPUs sold under one name differ here, and so do their timings

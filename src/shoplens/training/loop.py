@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from shoplens import progress
 from shoplens.config import atomic_write, config_to_dict, save_config
 from shoplens.errors import InvalidInputError, TrainingError
-from shoplens.models.hardware import channels_last_hazards
+from shoplens.models.hardware import bf16_native, channels_last_hazards
 from shoplens.training import distributed
 from shoplens.training.checkpoint import (
     all_finite,
@@ -76,30 +75,6 @@ class TrainResult:
     model_dir: Path
     run_id: str | None = None  # the tracker's run id, None when tracking is off
     precision: str = "fp32"  # what the steps ran in (see :func:`effective_precision`)
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU with bf16, or a CPU
-    with AVX512-BF16 or AMX (x86) or the BF16 extension (Arm). Elsewhere torch emulates
-    bf16 matmuls and convolutions, measured ~100x slower than fp32 on an AVX2 EPYC."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return True  # e.g. MPS: autocast decides
-    cpu = torch.cpu
-    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        probe = getattr(cpu, check, None)
-        if probe is not None and probe():
-            return True
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return any(
-            line.startswith("Features") and "bf16" in line.split() for line in flags.splitlines()
-        )
-    return False
 
 
 def effective_precision(requested: str, device: torch.device) -> str:
