@@ -953,7 +953,7 @@ def _history_lines(r: Row) -> list[str]:
             for c in levels
         ]
         lines.append(
-            f"| {x['commit']} | {x.get('date') or '-'} | {x.get('cpu') or 'AMD EPYC'} | "
+            f"| {x['commit']} | {x.get('date') or '-'} | {x.get('cpu') or '-'} | "
             f"{x['client']} | " + " | ".join(cells) + f" | {x['overhead']:.2f}x |"
         )
     lines += [
