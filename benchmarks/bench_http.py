@@ -503,16 +503,18 @@ def thread_check(catalog: str, blocks: int = 8, per_block: int = 30) -> Row:
     }
 
 
-BATCHES = (1, 2, 4, 8, 16)
+BATCHES = (1, 2, 3, 4, 6, 8, 16)
 
 
 def batch_costs(catalog: str, blas_threshold: int, reps: int = 15) -> Row:
     """Milliseconds per query of each step a micro-batch shares, at batch sizes
     :data:`BATCHES` (one thread, in process): how much a batch of b saves per query.
 
-    Exact FAISS search twice: with FAISS's default BLAS threshold (a SIMD scan of every
-    vector per query below 128,000 queries x dim) and with the service's
-    (``SHOPLENS_FAISS_BLAS_THRESHOLD``: one BLAS product for the batch). Sizes, steps and
+    Exact search three ways: FAISS with its default BLAS threshold (a SIMD scan of every
+    vector per query below 128,000 queries x dim), FAISS with the service's
+    (``SHOPLENS_FAISS_BLAS_THRESHOLD``: one BLAS product for the batch), and as served
+    (:class:`~shoplens.index.FaissIndex`: one torch product for 2-7 queries, else FAISS
+    with the service's threshold). Sizes, steps and
     settings rotate within each repetition; each timed call follows an untimed one of
     the same step and size (warm caches: a cold 36 MB index scan costs several times more).
     """
@@ -537,10 +539,10 @@ def batch_costs(catalog: str, blas_threshold: int, reps: int = 15) -> Row:
     if engine.text_build is not None and engine.text_encoder is not None:
         builds.append(("text", engine.text_build, engine.text_encoder.encode_texts(texts)))
 
-    def search(raw: Any, q: np.ndarray, threshold: int) -> Callable[[int], Any]:
+    def search(index: Any, q: np.ndarray, threshold: int) -> Callable[[int], Any]:
         def run(b: int) -> Any:
             faiss.cvar.distance_compute_blas_threshold = threshold
-            return raw.search(np.ascontiguousarray(q[:b]), 28)  # 2k + 8 at k = 10
+            return index.search(np.ascontiguousarray(q[:b]), 28)  # 2k + 8 at k = 10
 
         return run
 
@@ -550,7 +552,8 @@ def batch_costs(catalog: str, blas_threshold: int, reps: int = 15) -> Row:
             continue
         label = f"exact search, {kind} index ({raw.ntotal:,} x {raw.d})"
         steps[f"{label}, FAISS default"] = search(raw, q, default)
-        steps[f"{label}, threshold {blas_threshold}"] = search(raw, q, blas_threshold)
+        steps[f"{label}, FAISS threshold {blas_threshold}"] = search(raw, q, blas_threshold)
+        steps[f"{label}, as served"] = search(build.index, q, blas_threshold)
     times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in BATCHES} for n in steps}
     names = list(steps)
     try:
@@ -1255,6 +1258,7 @@ def batch_cost_lines(r: Row, where: str) -> list[str]:
     if not c:
         return []
     batches = [str(b) for b in c["batches"]]
+    served = any(n.endswith("as served") for n in c["ms_per_query"])
     lines = [
         "",
         "### Cost per query by batch size (in process)",
@@ -1263,9 +1267,15 @@ def batch_cost_lines(r: Row, where: str) -> list[str]:
         "and FAISS), warm caches, median of "
         f"{c['reps']} repetitions; milliseconds per query. Exact search with FAISS's "
         f"default BLAS threshold ({c['faiss_default_threshold']:,} queries x dim: a scan "
-        "of every vector per query) and with the service's "
+        "of every vector per query)" + (", with" if served else " and with") + " the service's "
         f"(`SHOPLENS_FAISS_BLAS_THRESHOLD={c['blas_threshold']}`: one BLAS product for "
-        "the batch from that many queries x dim).",
+        "the batch from that many queries x dim)"
+        + (
+            " and as served (shoplens's `FaissIndex`: one torch matrix product and top-k "
+            "for 2-7 queries, FAISS with the service's threshold otherwise)."
+            if served
+            else "."
+        ),
         "",
         "| step | " + " | ".join(f"batch {b}" for b in batches) + " |",
         "|---|" + "---:|" * len(batches),
@@ -1273,7 +1283,9 @@ def batch_cost_lines(r: Row, where: str) -> list[str]:
     rows = c["ms_per_query"]
     for name, per in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{per[b]:.3f}" for b in batches) + " |")
-    service = [n for n in rows if not n.endswith("FAISS default")]
+    # what the service runs: the encoders and its search ("threshold N" in runs before
+    # the "as served" rows)
+    service = [n for n in rows if "FAISS" not in n]
     bounds = []
     for route, prefixes in ROUTE_STEPS.items():
         level = r["levels"].get(route)
@@ -1282,12 +1294,15 @@ def batch_cost_lines(r: Row, where: str) -> list[str]:
             continue
         total = level[0]["in_app"]["p50_ms"]  # concurrency 1
         rest = max(0.0, total - sum(rows[n]["1"] for n in steps))
-        per = {b: sum(rows[n][b] for n in steps) + rest for b in ("2", "8")}
+        sizes = [b for b in ("2", "3", "4", "8") if b in rows[steps[0]]]
+        per = {b: sum(rows[n][b] for n in steps) + rest for b in sizes}
         bounds.append(
             f"{route}: in-app p50 {total:.1f} ms at concurrency 1, of which "
-            f"{total - rest:.1f} ms in the batched steps; with every batch of 2 queries "
-            f"{per['2']:.1f} ms (**{total / per['2']:.2f}x**), of 8 {per['8']:.1f} ms "
-            f"(**{total / per['8']:.2f}x**)"
+            f"{total - rest:.1f} ms in the batched steps; with every batch of "
+            + ", of ".join(
+                f"{b}{' queries' if i == 0 else ''} {per[b]:.1f} ms (**{total / per[b]:.2f}x**)"
+                for i, b in enumerate(sizes)
+            )
         )
     if bounds:
         lines += [

@@ -44,6 +44,44 @@ def test_faiss_flat_equals_exact(data: tuple[np.ndarray, ...]) -> None:
     assert (exact.search(q, 10)[1] == flat.search(q, 10)[1]).all()
 
 
+def test_small_batches_of_exact_search_score_in_one_product(
+    data: tuple[np.ndarray, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flat searches of 2-7 queries take the one-product path and answer like FAISS."""
+    from shoplens.index import faiss_index
+
+    x, ids, q = data
+    flat = FaissIndex(32, "Flat")
+    flat.add(ids, x)
+    calls: list[int] = []
+    product = faiss_index.FaissIndex._search_gemm
+
+    def counted(self: FaissIndex, qq: np.ndarray, k: int, xb: np.ndarray) -> object:
+        calls.append(len(qq))
+        return product(self, qq, k, xb)
+
+    monkeypatch.setattr(faiss_index.FaissIndex, "_search_gemm", counted)
+    for n in range(1, 10):
+        scores, got = flat.search(q[:n], 10)
+        ref_scores, ref_ids = flat._index.search(q[:n], 10)  # FAISS itself
+        assert (got == ref_ids).all() and got.dtype == np.int64
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    assert calls == list(faiss_index.GEMM_QUERIES)
+    # k beyond the index pads like FAISS; filtered and non-Flat searches go to FAISS
+    small = FaissIndex(4)
+    small.add(np.array([11, 12, 13]), unit_vectors(3, 4))
+    pad_scores, pad_ids = small.search(unit_vectors(3, 4, seed=2), 5)
+    assert (np.sort(pad_ids[:, :3], axis=1) == [11, 12, 13]).all()
+    assert (pad_ids[:, 3:] == -1).all() and np.isneginf(pad_scores[:, 3:]).all()
+    assert (np.diff(pad_scores[:, :3], axis=1) <= 0).all()  # best first
+    calls.clear()
+    flat.search(q[:3], 10, ids[::9])
+    hnsw = FaissIndex(32, "HNSW32")
+    hnsw.add(ids, x)
+    hnsw.search(q[:3], 10)
+    assert calls == []  # neither took the product path
+
+
 @pytest.mark.parametrize(
     "factory,min_recall", [("HNSW32", 0.95), ("IVF16,Flat", 0.9), ("IVF16,PQ8", 0.3)]
 )

@@ -389,9 +389,10 @@ class BatchingIndex:
     """A vector index whose single-query, unfiltered searches from concurrent threads are
     micro-batched into one ``search`` call of the wrapped index.
 
-    One call for Q queries saves per-call overhead; an exact (Flat) FAISS search shares
-    one pass over the vectors only from ``SHOPLENS_FAISS_BLAS_THRESHOLD`` queries x dim
-    (below it FAISS scans every vector once per query; costs per batch size measured in
+    One call for Q queries saves per-call overhead; an exact (Flat) search shares one
+    pass over the vectors: one torch product for 2-7 queries
+    (:data:`~shoplens.index.faiss_index.GEMM_QUERIES`), FAISS's BLAS path from
+    ``SHOPLENS_FAISS_BLAS_THRESHOLD`` queries x dim (costs per batch size measured in
     docs/BENCHMARKS.md). Each caller gets
     its own rows, cut to the ``k`` it asked for (the batch asks for the largest ``k``;
     the top of a longer list is the shorter list). Filtered searches (``allowed_ids``)
@@ -463,8 +464,8 @@ class DenseRankingBatcher:
     query then runs in the one batch. Separate micro-batchers per encoder and index
     would split the concurrent queries over several stages (smaller batches at each, a
     thread hand-off per stage); one step keeps them together, so the batch that shares
-    the encoder passes also shares the index passes (one BLAS product from
-    ``SHOPLENS_FAISS_BLAS_THRESHOLD``). ``call((query, n))`` returns that query's
+    the encoder passes also shares the index passes (one matrix product per exact
+    index). ``call((query, n))`` returns that query's
     rankings, one ``[(product id, score), ...]`` per signal in order, best first;
     ``on_encode(modality, size, seconds)`` reports each encoder pass like
     :class:`BatchingEncoder` does. After ``close()`` calls are answered directly.
