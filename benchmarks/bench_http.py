@@ -592,6 +592,7 @@ def service_env(s: argparse.Namespace, batching: bool) -> dict[str, str]:
     env["SHOPLENS_TORCH_THREADS"] = str(s.torch_threads)
     if s.batch_workers is not None:  # else the service's default (one per core)
         env["SHOPLENS_BATCH_WORKERS"] = str(s.batch_workers)
+    env["SHOPLENS_RECS_BATCH_WORKERS"] = str(s.recs_batch_workers)
     env["SHOPLENS_FAISS_THREADS"] = str(s.faiss_threads)
     env["SHOPLENS_FAISS_BLAS_THRESHOLD"] = str(s.faiss_blas_threshold)
     return env
@@ -648,6 +649,50 @@ def compare_configs(
         configs[name]["p99_ratio"] = configs[name]["p99_ms"] / configs[base]["p99_ms"]
     out["baseline"] = base
     out["configs"] = configs
+    return out
+
+
+def recs_vs_page(
+    base: str,
+    makers: dict[str, Make],
+    levels: list[int],
+    n: int,
+    rounds: int,
+    warmup: int,
+    client: str = "raw",
+) -> list[Row]:
+    """Recommendation p99 against the product page's, per concurrency level: ``rounds``
+    interleaved rounds on one service (each runs both routes, the order alternating),
+    samples pooled per route. Slow spells of a shared machine then fall on both routes
+    alike, and p99 rests on ``rounds`` x ``n`` requests instead of ``n``."""
+    out = []
+    for c in levels:
+        runs: dict[str, list[Row]] = {"product page": [], "recommendations": []}
+        for r in range(rounds):
+            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+            for route in order:
+                runs[route].append(run_load(base, makers[route], c, n, warmup, client))
+        pooled = {
+            route: summarize([x for run in rs for x in run["samples_s"]])
+            for route, rs in runs.items()
+        }
+        out.append(
+            {
+                "concurrency": c,
+                "rounds": rounds,
+                "requests_per_round": n,
+                "page_p99_ms": pooled["product page"]["p99_ms"],
+                "recs_p99_ms": pooled["recommendations"]["p99_ms"],
+                "page_rps": [x["throughput_rps"] for x in runs["product page"]],
+                "recs_rps": [x["throughput_rps"] for x in runs["recommendations"]],
+                "errors": sum(x["errors"] for rs in runs.values() for x in rs),
+                "ratio": pooled["recommendations"]["p99_ms"] / pooled["product page"]["p99_ms"],
+                "ratio_each": [
+                    a["p99_ms"] / b["p99_ms"]
+                    for a, b in zip(runs["recommendations"], runs["product page"], strict=True)
+                ],
+            }
+        )
     return out
 
 
@@ -749,6 +794,7 @@ def main(argv: list[str] | None = None) -> Row:
         (s.tune_wait, "on, max wait {:g} ms", True, "SHOPLENS_BATCH_MAX_WAIT_MS"),
         (s.tune_torch_threads, "on, torch threads {}", True, "SHOPLENS_TORCH_THREADS"),
         (s.tune_workers, "on, batch workers {}", True, "SHOPLENS_BATCH_WORKERS"),
+        (s.tune_recs_workers, "on, recs batch workers {}", True, "SHOPLENS_RECS_BATCH_WORKERS"),
         # is the baseline at its best?
         (s.tune_off_torch_threads, "off, torch threads {}", False, "SHOPLENS_TORCH_THREADS"),
     ]
@@ -774,6 +820,19 @@ def main(argv: list[str] | None = None) -> Row:
                 )
             load.append(common.load_average())
         sizes_main = batch_sizes(on)
+        recs_page: list[Row] = []
+        if "recommendations" in makers and s.recs_rounds > 0:
+            say(f"recommendations vs product page p99, {s.recs_rounds} interleaved rounds ...")
+            recs_page = recs_vs_page(
+                on, makers, s.levels, s.requests, s.recs_rounds, s.warmup, s.client
+            )
+            for x in recs_page:
+                say(
+                    f"  c={x['concurrency']:<3} page p99 {x['page_p99_ms']:.1f} ms, recs p99 "
+                    f"{x['recs_p99_ms']:.1f} ms: {x['ratio']:.2f}x "
+                    f"(rounds {', '.join(f'{v:.2f}' for v in x['ratio_each'])})"
+                )
+            load.append(common.load_average())
         batching: dict[str, Row] = {}
         for route, n, rounds in (
             ("image search", s.requests, s.rounds),
@@ -785,7 +844,14 @@ def main(argv: list[str] | None = None) -> Row:
             say(f"batching on vs off: {route}, concurrency 8, {rounds} rounds ...")
             kind = ROUTE_KIND[route]
             batching[route] = compare_configs(
-                bases, makers[route], 8, n, rounds, s.warmup, kind, s.client
+                {k: u for k, u in bases.items() if _tried_on(k, route)},
+                makers[route],
+                8,
+                n,
+                rounds,
+                s.warmup,
+                kind,
+                s.client,
             )
             for name, x in batching[route]["configs"].items():
                 say(
@@ -821,18 +887,22 @@ def main(argv: list[str] | None = None) -> Row:
             "tune_wait_ms": s.tune_wait,
             "tune_torch_threads": s.tune_torch_threads,
             "tune_workers": s.tune_workers,
+            "tune_recs_workers": s.tune_recs_workers,
             "tune_off_torch_threads": s.tune_off_torch_threads,
             "batch_workers": s.batch_workers,
+            "recs_batch_workers": s.recs_batch_workers,
             "torch_threads": s.torch_threads,
             "faiss_threads": s.faiss_threads,
             "faiss_blas_threshold": s.faiss_blas_threshold,
             "requests": s.requests,
+            "recs_rounds": s.recs_rounds,
             "warmup": s.warmup,
             "client": s.client,
         },
         "simulated_customers": len(customers),
         "recs_candidates": recs_candidates,
         "levels": levels,
+        "recs_vs_page": recs_page,
         "batch_sizes_main": sizes_main,
         "batching": batching,
         "batching_check": check,
@@ -882,6 +952,15 @@ def _met(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
+def _tried_on(config: str, route: str) -> bool:
+    """Whether the on/off comparison of ``route`` runs ``config``: the recommender's own
+    worker setting changes nothing else, the batchers' worker setting no longer reaches the
+    recommender (it has its own)."""
+    if config.startswith("on, recs "):
+        return route == "recommendations"
+    return not (config.startswith("on, batch workers") and route == "recommendations")
+
+
 def _batching_off(config: str) -> bool:
     """Whether a configuration of the on/off comparison runs with batching off."""
     return config == "batching off" or config.startswith("off,")
@@ -904,7 +983,9 @@ def headline(r: Row) -> Row:
     """The targets' figures of one full run (kept in later runs' ``history``)."""
     levels = r["levels"]
     recs = {}
-    if "recommendations" in levels:
+    if r.get("recs_vs_page"):
+        recs = {str(x["concurrency"]): x["ratio"] for x in r["recs_vs_page"]}
+    elif "recommendations" in levels:
         recs = {
             str(page["concurrency"]): rec["p99_ms"] / page["p99_ms"]
             for page, rec in zip(levels["product page"], levels["recommendations"], strict=True)
@@ -1008,7 +1089,13 @@ def render(r: Row) -> str:
         f"loop), {st['requests']} requests per level (text search: half) after "
         f"{st['warmup']} warm-up requests. Micro-batching is on (max batch "
         f"{st['max_batch']}, max wait {st['max_wait_ms']:g} ms, batch workers "
-        f"{st.get('batch_workers') or 'one per core'}) unless said otherwise. "
+        f"{st.get('batch_workers') or 'one per core'}"
+        + (
+            f", recommender batch workers {st['recs_batch_workers']}"
+            if st.get("recs_batch_workers")
+            else ""
+        )
+        + ") unless said otherwise. "
         f"Load average {load:.1f} before the benchmark started (other work), then "
         f"{', '.join(f'{x:.1f}' for x in r['load_average'][1:])} while measuring on "
         f"{m['nproc']} cores: those include this benchmark's own service processes and "
@@ -1184,7 +1271,9 @@ def render(r: Row) -> str:
         f"{_met(worst <= TARGET_OVERHEAD)}.",
     ]
     # recs vs product page
-    if "recommendations" in r["levels"]:
+    if r.get("recs_vs_page"):
+        lines += recs_page_lines(r, where)
+    elif "recommendations" in r["levels"]:
         lines += [
             "",
             "### Recommendations vs product page",
@@ -1316,6 +1405,40 @@ def batch_cost_lines(r: Row, where: str) -> list[str]:
     return lines
 
 
+def recs_page_lines(r: Row, where: str) -> list[str]:
+    """The recommendations vs product page section from the interleaved rounds."""
+    rows = r["recs_vs_page"]
+    x0 = rows[0]
+    lines = [
+        "",
+        "### Recommendations vs product page",
+        "",
+        f"Machine: {where}. Baseline: the product page's similar products "
+        "(`/v1/products/{sku}/similar`) p99 at the same concurrency. Both routes on the "
+        f"batching-on service in {x0['rounds']} interleaved rounds per level (each round "
+        f"runs both, {x0['requests_per_round']} requests each, the order alternating), "
+        "latencies pooled per route: a slow spell of the shared machine falls on both. "
+        "Recommendations for SIMULATED customers; candidates found by "
+        f"{r.get('recs_candidates', 'exact scans')} (see `shoplens.personalize.ann`; the "
+        "service builds its IVF indexes in the background after loading the recommender, "
+        "and the timed requests start once they are ready).",
+        "",
+        "| concurrency | product page req/s (each round) | recommendations req/s (each "
+        "round) | product page p99 ms | recommendations p99 ms | ratio | ratio each round "
+        "| target <= 3x |",
+        "|---:|---|---|---:|---:|---:|---|---|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['concurrency']} | {', '.join(f'{v:.1f}' for v in x['page_rps'])} | "
+            f"{', '.join(f'{v:.1f}' for v in x['recs_rps'])} | {x['page_p99_ms']:.1f} | "
+            f"{x['recs_p99_ms']:.1f} | {x['ratio']:.2f}x | "
+            f"{', '.join(f'{v:.2f}x' for v in x['ratio_each'])} | "
+            f"{_met(x['ratio'] <= TARGET_RECS)} |"
+        )
+    return lines
+
+
 def _short(spec: str | None) -> str:
     if spec and spec.startswith("trained:") and len(spec) > 60:
         return "trained:…/" + "/".join(spec.rstrip("/").split("/")[-3:])
@@ -1329,6 +1452,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=40, help="warm-up requests before each level")
     p.add_argument("--levels", default="1,8,32", help="concurrency levels, comma-separated")
     p.add_argument("--rounds", type=int, default=6, help="batching on/off rounds (each)")
+    p.add_argument(
+        "--recs-rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of recommendations vs product page per level (0: from the "
+        "first table only)",
+    )
     p.add_argument("--iterations", type=int, default=1500, help="in-process search iterations")
     p.add_argument("--max-batch", type=int, default=32, help="SHOPLENS_BATCH_MAX_SIZE")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="SHOPLENS_BATCH_MAX_WAIT_MS")
@@ -1348,6 +1478,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="other batch worker counts (comma-separated) compared with batching off",
     )
     p.add_argument(
+        "--tune-recs-workers",
+        default="2",
+        help="other recommender batch worker counts (comma-separated), recommendations only",
+    )
+    p.add_argument(
         "--tune-off-torch-threads",
         default="2",
         help="torch thread counts (comma-separated) tried with batching off too",
@@ -1357,6 +1492,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="SHOPLENS_BATCH_WORKERS (default: the service's, one per core)",
+    )
+    p.add_argument(
+        "--recs-batch-workers",
+        type=int,
+        default=1,
+        help="SHOPLENS_RECS_BATCH_WORKERS (the service's default: 1)",
     )
     p.add_argument("--torch-threads", type=int, default=1, help="SHOPLENS_TORCH_THREADS")
     p.add_argument("--faiss-threads", type=int, default=1, help="SHOPLENS_FAISS_THREADS")
@@ -1395,9 +1536,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.tune_wait = [float(x) for x in str(s.tune_wait).split(",") if x]
     s.tune_torch_threads = [int(x) for x in str(s.tune_torch_threads).split(",") if x]
     s.tune_workers = [int(x) for x in str(s.tune_workers).split(",") if x]
+    s.tune_recs_workers = [int(x) for x in str(s.tune_recs_workers).split(",") if x]
     s.tune_off_torch_threads = [int(x) for x in str(s.tune_off_torch_threads).split(",") if x]
     if s.quick:
         s.requests, s.warmup, s.rounds, s.iterations = 80, 10, 2, 200
+        s.recs_rounds = min(s.recs_rounds, 2)
     return s
 
 

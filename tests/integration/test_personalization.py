@@ -270,6 +270,20 @@ def test_service_batches_recommendations(service: Any) -> None:
     assert r.status_code == 200 and r.json()["count"] == 5
     assert _metric(client, "shoplens_recommend_batch_size_count") == before + 1
     assert _metric(client, "shoplens_recommend_rank_seconds_sum") > 0
+    # one ranker pass at a time by default (SHOPLENS_RECS_BATCH_WORKERS), whatever the
+    # encoders' batchers run (SHOPLENS_BATCH_WORKERS: one per core here)
+    state = client.app.state.recs  # type: ignore[attr-defined]
+    assert state.recs.batcher.workers == 1
+
+
+def test_recs_batch_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHOPLENS_RECS_BATCH_WORKERS sets the ranker passes at once (unset: 1)."""
+    assert ServiceSettings().recs_batch_workers == 1
+    monkeypatch.setenv("SHOPLENS_RECS_BATCH_WORKERS", "3")
+    assert ServiceSettings().recs_batch_workers == 3
+    monkeypatch.setenv("SHOPLENS_RECS_BATCH_WORKERS", "0")
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        ServiceSettings()
 
 
 def _metric(client: TestClient, name: str) -> float:

@@ -547,7 +547,7 @@ class RecsState:
                 max_wait_ms=s.batch_max_wait_ms,
                 on_batch=self.metrics.observe_recommend if self.metrics is not None else None,
                 name="shoplens-recs-batcher",
-                workers=s.batch_workers,
+                workers=s.batch_workers if s.recs_batch_workers is None else s.recs_batch_workers,
             )
         freeze_heap(s)
         return recs

@@ -60,6 +60,11 @@ class ServiceSettings(BaseSettings):
     # call, one per core lets the text query's step (MiniLM + text index) use both cores
     # of a 2-core machine; a single worker left one idle (docs/BENCHMARKS.md, micro-batching)
     batch_workers: Annotated[int | None, Field(ge=1)] = None
+    # ranker passes of micro-batched recommendation requests that may run at once (None:
+    # batch_workers). One: a pass is mostly Python and numpy holding the GIL, so two side
+    # by side stretch each other; measured at concurrency 8, the same throughput with
+    # p99 115-127 ms against 168-173 ms with two (docs/BENCHMARKS.md, micro-batching).
+    recs_batch_workers: Annotated[int | None, Field(ge=1)] = 1
     # Threads per torch call and per FAISS / BLAS call (None: the libraries' defaults, one
     # per core). Many requests run at once, so one thread each keeps the cores busy
     # without oversubscribing them (docs/BENCHMARKS.md, "Service latency").
@@ -68,8 +73,9 @@ class ServiceSettings(BaseSettings):
     # Exact (Flat) FAISS search scans the vectors once per query, or, from queries x dim
     # >= this, once per batch with one BLAS matrix product. FAISS's default (128,000: 1,000
     # queries at dim 128) never lets a micro-batch use the product; 1024 does from 8
-    # queries at dim 128 and 3 at dim 384 (measured faster from 8 queries at both dims,
-    # the same at 2-4: docs/BENCHMARKS.md, "Cost per query by batch size"). None: FAISS's
+    # queries at dim 128 and 3 at dim 384 (measured faster from 8 queries at both dims:
+    # docs/BENCHMARKS.md, "Cost per query by batch size"; 2-7 queries take shoplens's
+    # own one-product path whatever this is, see index.faiss_index). None: FAISS's
     # default.
     faiss_blas_threshold: Annotated[int | None, Field(ge=1)] = 1024
     # After loading the index or a recommender: collect once, then keep everything loaded
