@@ -16,8 +16,8 @@ BRUTE_FORCE_MAX = 4096  # filters allowing at most this many ids (or 5 %) are se
 # product: FAISS scans the vectors once per query below its BLAS threshold and its BLAS
 # path (OpenBLAS, blocks of 1,024 vectors) costs about four single scans here, while one
 # torch (MKL) product reads them once. Measured on 70k x 128 vectors, one thread
-# (docs/BENCHMARKS.md): 2.3 ms per query either FAISS way, 1.2-1.6 ms from 3 queries; at
-# 8 and more FAISS's BLAS path is as fast.
+# (docs/BENCHMARKS.md, "Cost per query by batch size"): 1.4-2.1 ms per query at 3-6
+# queries against 3.1-3.6 ms either FAISS way; at 8 and more FAISS's BLAS path is as fast.
 GEMM_QUERIES = range(2, 8)
 
 
