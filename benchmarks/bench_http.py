@@ -1423,14 +1423,15 @@ def recs_page_lines(r: Row, where: str) -> list[str]:
         "service builds its IVF indexes in the background after loading the recommender, "
         "and the timed requests start once they are ready).",
         "",
-        "| concurrency | product page req/s (each round) | recommendations req/s (each "
-        "round) | product page p99 ms | recommendations p99 ms | ratio | ratio each round "
-        "| target <= 3x |",
-        "|---:|---|---|---:|---:|---:|---|---|",
+        "| concurrency | errors | product page req/s (each round) | recommendations req/s "
+        "(each round) | product page p99 ms | recommendations p99 ms | ratio | ratio each "
+        "round | target <= 3x |",
+        "|---:|---:|---|---|---:|---:|---:|---|---|",
     ]
     for x in rows:
         lines.append(
-            f"| {x['concurrency']} | {', '.join(f'{v:.1f}' for v in x['page_rps'])} | "
+            f"| {x['concurrency']} | {x['errors']} | "
+            f"{', '.join(f'{v:.1f}' for v in x['page_rps'])} | "
             f"{', '.join(f'{v:.1f}' for v in x['recs_rps'])} | {x['page_p99_ms']:.1f} | "
             f"{x['recs_p99_ms']:.1f} | {x['ratio']:.2f}x | "
             f"{', '.join(f'{v:.2f}x' for v in x['ratio_each'])} | "
