@@ -67,6 +67,12 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(v)
 
 
+def empty_results(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """What a search of ``n`` queries returns before anything is found: (n, k) float32
+    scores of -inf and (n, k) int64 ids of -1 (the padding every index uses)."""
+    return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+
+
 def default_factory(n: int) -> str:
     """Exact search for small catalogues, HNSW above :data:`HNSW_THRESHOLD`."""
     return "Flat" if n < HNSW_THRESHOLD else "HNSW32"

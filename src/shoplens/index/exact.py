@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shoplens.index.base import check_vectors
+from shoplens.index.base import check_vectors, empty_results
 
 
 class ExactIndex:
@@ -35,8 +35,7 @@ class ExactIndex:
         if allowed_ids is not None:
             scores[:, ~np.isin(self._ids, allowed_ids)] = -np.inf
         kk = min(k, self.ntotal)
-        out_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+        out_s, out_i = empty_results(q.shape[0], k)
         if kk == 0:
             return out_s, out_i
         top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]  # (Q, kk) unordered

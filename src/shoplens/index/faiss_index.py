@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from shoplens.errors import InvalidInputError
-from shoplens.index.base import check_vectors
+from shoplens.index.base import check_vectors, empty_results
 
 BRUTE_FORCE_MAX = 4096  # filters allowing at most this many ids (or 5 %) are searched exactly
 # Exact (Flat) search of this many queries at once scores every vector in one matrix
@@ -145,8 +145,7 @@ class FaissIndex:
         with torch.inference_mode():
             scores = torch.from_numpy(xb) @ torch.from_numpy(q).T  # (N, Q)
             top_s, top_i = torch.topk(scores, kk, dim=0)  # (kk, Q) each, best first
-        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-        out_i = np.full((len(q), k), -1, dtype=np.int64)
+        out_s, out_i = empty_results(len(q), k)
         out_s[:, :kk] = top_s.T.numpy()
         out_i[:, :kk] = self._labels()[top_i.T.numpy()]
         return out_s, out_i
@@ -164,8 +163,7 @@ class FaissIndex:
         """Exact search over the stored vectors of ``allowed_ids`` (those present)."""
         present = np.unique(np.asarray(allowed_ids, dtype=np.int64))
         present = present[np.isin(present, self._labels())]
-        out_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+        out_s, out_i = empty_results(q.shape[0], k)
         if present.size == 0:
             return out_s, out_i
         vecs = np.vstack([self._index.reconstruct(int(i)) for i in present])  # (M, D)

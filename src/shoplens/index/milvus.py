@@ -43,7 +43,7 @@ import numpy as np
 
 from shoplens.config import index_token, index_uri
 from shoplens.errors import InvalidInputError, ServiceUnavailableError, ShoplensError
-from shoplens.index.base import check_vectors
+from shoplens.index.base import check_vectors, empty_results
 
 log = logging.getLogger(__name__)
 IndexType = Literal["HNSW", "FLAT", "AUTOINDEX"]
@@ -416,8 +416,7 @@ class MilvusIndex:
         q = check_vectors(vectors, self.dim)  # (Q, D)
         if not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        out_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+        out_s, out_i = empty_results(q.shape[0], k)
         expr = filter_expression(categories, attributes)
         allowed = None if allowed_ids is None else np.unique(np.asarray(allowed_ids, np.int64))
         if q.shape[0] == 0 or (allowed is not None and allowed.size == 0):
@@ -467,8 +466,7 @@ class MilvusIndex:
         rows = self._call(
             "query", self.collection, filter=expr, output_fields=["id", "vector"], limit=MAX_TOPK
         )
-        out_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+        out_s, out_i = empty_results(q.shape[0], k)
         if not rows:
             return out_s, out_i
         ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)  # (M,)

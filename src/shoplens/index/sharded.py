@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from shoplens.errors import InvalidInputError
-from shoplens.index.base import check_vectors
+from shoplens.index.base import check_vectors, empty_results
 from shoplens.index.faiss_index import FaissIndex
 
 Shard = tuple[np.ndarray, np.ndarray]  # ids (N,) int64, vectors (N, D) float32
@@ -281,10 +281,7 @@ class ShardedIndex:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         shards = [s for s in self.shards if s.ntotal > 0]  # an empty IVF shard is untrained
         if not shards:
-            return (
-                np.full((q.shape[0], k), -np.inf, dtype=np.float32),
-                np.full((q.shape[0], k), -1, dtype=np.int64),
-            )
+            return empty_results(q.shape[0], k)
         if len(shards) == 1 or self.threads == 1:
             parts = [s.search(q, k, allowed_ids) for s in shards]
         else:
